@@ -1,0 +1,73 @@
+"""``Config``: RecBole's configurator, plus this plugin's models and ``properties/`` YAML.
+
+Loading order (later wins), the same as RecBole's with our layer added after its own:
+RecBole's defaults -> ``properties/overall.yaml`` -> ``properties/model/<Model>.yaml`` ->
+``properties/dataset/<dataset>.yaml`` -> config files -> config dict -> command line.
+"""
+
+import os
+from importlib import resources
+
+from recbole.config import Config as RecBoleConfig
+
+from recbole_llmsrec.utils import get_model
+
+
+def properties_dir():
+    """The folder holding our YAML: inside the installed package, or ``properties/`` of a checkout."""
+    try:
+        folder = resources.files("recbole_llmsrec.properties")
+        if folder.joinpath("overall.yaml").is_file():
+            return str(folder)
+    except ModuleNotFoundError:
+        pass
+    checkout = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "properties")
+    if os.path.isfile(os.path.join(checkout, "overall.yaml")):
+        return checkout
+    raise FileNotFoundError(
+        "recbole_llmsrec cannot find its properties/ folder; reinstall the package "
+        "(pip install -e . from the repository root)"
+    )
+
+
+class Config(RecBoleConfig):
+    def _get_model_and_dataset(self, model, dataset):
+        if model is None:
+            model = self.external_config_dict.get("model")
+            if model is None:
+                raise KeyError("set the model: --model=LLMSRec, a config file, or the model argument")
+        if isinstance(model, str):
+            model_class = get_model(model)
+        else:
+            model_class, model = model, model.__name__
+        if dataset is None:
+            dataset = self.external_config_dict.get("dataset")
+            if dataset is None:
+                raise KeyError("set the dataset: --dataset=ml-100k, a config file, or the dataset argument")
+        return model, model_class, dataset
+
+    def _set_default_parameters(self):
+        # RecBole's sequential models default to loss_type CE but RecBole's overall.yaml also
+        # defaults to one sampled negative, a combination RecBole itself rejects; a CE model
+        # needs no sampled negatives, so drop them unless the user asked for some.
+        if (
+            self.final_config_dict.get("loss_type") == "CE"
+            and "train_neg_sample_args" not in self.external_config_dict
+        ):
+            self.final_config_dict["train_neg_sample_args"] = None
+        super()._set_default_parameters()
+
+    def _load_internal_config_dict(self, model, model_class, dataset):
+        super()._load_internal_config_dict(model, model_class, dataset)
+        folder = properties_dir()
+        for file in (
+            os.path.join(folder, "overall.yaml"),
+            os.path.join(folder, "model", f"{model}.yaml"),
+            os.path.join(folder, "dataset", f"{dataset}.yaml"),
+        ):
+            if os.path.isfile(file):
+                loaded = self._update_internal_config_dict(file)
+                if file.endswith(f"{dataset}.yaml") and loaded:
+                    self.parameters["Dataset"] += [
+                        key for key in loaded if key not in self.parameters["Dataset"]
+                    ]

@@ -1,0 +1,3 @@
+from recbole_llmsrec.data.dataset import LastItemSequentialDataset, create_dataset
+
+__all__ = ["LastItemSequentialDataset", "create_dataset"]

