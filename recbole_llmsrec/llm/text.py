@@ -90,6 +90,25 @@ def read_item_text(config, dataset):
     return texts
 
 
+def timestamp_list_field(config, dataset):
+    """The ``timestamp_list`` field to date prompt entries with, or None without timestamps.
+
+    Refuses timestamps that RecBole rescaled (``normalize_all`` / ``normalize_field``), which would
+    turn every date into 1970-01-01.
+    """
+    time_field = config["TIME_FIELD"]
+    list_field = time_field + config["LIST_SUFFIX"]
+    if list_field not in dataset.field2type:
+        return None
+    if config["normalize_all"] or time_field in (config["normalize_field"] or []):
+        raise ValueError(
+            f"prompts show interaction dates, but RecBole normalises {time_field!r} to [0, 1] here; "
+            f"set normalize_all: False (and keep {time_field} out of normalize_field) in "
+            f"properties/dataset/{config['dataset']}.yaml, or set prompt_show_dates: False"
+        )
+    return list_field
+
+
 class PromptBuilder:
     """Builds LLM-SRec-style prompts (paper Table 2) as token ids, from cached pieces.
 

@@ -21,7 +21,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from recbole_llmsrec.llm.backbone import LLMBackbone, read_out
-from recbole_llmsrec.llm.text import PromptBuilder, read_item_text
+from recbole_llmsrec.llm.text import PromptBuilder, read_item_text, timestamp_list_field
 from recbole_llmsrec.model.layers import ProjectionMLP, distillation, uniformity
 from recbole_llmsrec.teacher import load_teacher
 
@@ -38,8 +38,7 @@ class LLMSRec(SequentialRecommender):
         self.teacher_train_mode = config["teacher_train_mode"]
         self.llm_batch_size = config["llm_batch_size"]
         self.show_progress = config["show_progress"]
-        time_list = config["TIME_FIELD"] + config["LIST_SUFFIX"]
-        self.TIME_SEQ = time_list if config["prompt_show_dates"] and time_list in dataset.field2type else None
+        self.TIME_SEQ = timestamp_list_field(config, dataset) if config["prompt_show_dates"] else None
 
         self.teacher = load_teacher(config, dataset)
         self.llm = LLMBackbone.from_config(config)
@@ -59,13 +58,24 @@ class LLMSRec(SequentialRecommender):
         mean, std = self.llm.token_embedding_stats()
         self.user_out_token = nn.Parameter(torch.randn(d_llm) * std + mean)
         self.item_out_token = nn.Parameter(torch.randn(d_llm) * std + mean)
+        self._clear_cache()
+
+    # Item and user vectors are computed once and reused until the parameters change: entering
+    # training mode or loading a checkpoint clears them.
+    def _clear_cache(self):
         self._item_vectors = None
+        self._user_vectors = {}
 
     def train(self, mode=True):
         super().train(mode)
         self.teacher.train(mode and self.teacher_train_mode)
-        self._item_vectors = None  # item vectors are cached per evaluation
+        if mode:
+            self._clear_cache()
         return self
+
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        self._clear_cache()
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # ---- representations -------------------------------------------------------------------
 
@@ -108,7 +118,7 @@ class LLMSRec(SequentialRecommender):
         return torch.stack(outputs)
 
     def all_item_vectors(self):
-        """f_item(h_I) for every item, computed once per evaluation; row 0 (padding) is zero."""
+        """f_item(h_I) for every item (cached until the parameters change); row 0 (padding) is zero."""
         if self._item_vectors is None:
             items = torch.arange(1, self.n_items, device=self.user_out_token.device)
             lengths = [len(self.prompts.item_prompt(item)) for item in items.tolist()]
@@ -120,21 +130,27 @@ class LLMSRec(SequentialRecommender):
         return self._item_vectors
 
     def _eval_user_vectors(self, interaction):
-        """f_user(h_U) per row; each distinct (user, history) in the batch runs through the LLM once."""
+        """f_user(h_U) per row; each distinct (user, history) runs through the LLM once."""
         item_seq, item_seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
         time_seq = interaction[self.TIME_SEQ] if self.TIME_SEQ else None
         key = torch.cat([interaction[self.USER_ID].unsqueeze(1), item_seq_len.unsqueeze(1), item_seq], dim=1)
         unique_keys, inverse = torch.unique(key, dim=0, return_inverse=True)
         first = torch.full((len(unique_keys),), len(key), dtype=torch.long, device=key.device)
         first.scatter_reduce_(0, inverse, torch.arange(len(key), device=key.device), reduce="amin")
-        lengths = item_seq_len[first].tolist()
-
-        def compute(index):
-            rows = first[index]
+        cache_keys = [tuple(row) for row in unique_keys.tolist()]
+        todo = [i for i, cache_key in enumerate(cache_keys) if cache_key not in self._user_vectors]
+        if todo:
+            rows = first[todo]
             times = time_seq[rows] if time_seq is not None else None
-            return self.user_head(self.user_repr(item_seq[rows], item_seq_len[rows], times))
 
-        return self._chunked(compute, first, lengths, "User vectors")[inverse]
+            def compute(index):
+                return self.user_head(self.user_repr(
+                    item_seq[rows[index]], item_seq_len[rows[index]], times[index] if times is not None else None))
+
+            vectors = self._chunked(compute, todo, item_seq_len[rows].tolist(), "User vectors")
+            for i, vector in zip(todo, vectors):
+                self._user_vectors[cache_keys[i]] = vector
+        return torch.stack([self._user_vectors[cache_key] for cache_key in cache_keys])[inverse]
 
     # ---- training --------------------------------------------------------------------------
 
