@@ -6,7 +6,6 @@ RecBole's defaults -> ``properties/overall.yaml`` -> ``properties/model/<Model>.
 """
 
 import os
-from importlib import resources
 
 from recbole.config import Config as RecBoleConfig
 
@@ -14,19 +13,15 @@ from recbole_llmsrec.utils import get_model
 
 
 def properties_dir():
-    """The folder holding our YAML: inside the installed package, or ``properties/`` of a checkout."""
-    try:
-        folder = resources.files("recbole_llmsrec.properties")
-        if folder.joinpath("overall.yaml").is_file():
-            return str(folder)
-    except ModuleNotFoundError:
-        pass
-    checkout = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "properties")
-    if os.path.isfile(os.path.join(checkout, "overall.yaml")):
-        return checkout
+    """The folder holding our YAML: ``recbole_llmsrec/properties`` in an installed wheel, or the
+    top-level ``properties/`` of a checkout (editable install, or running from the repository)."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    for folder in (os.path.join(package, "properties"), os.path.join(os.path.dirname(package), "properties")):
+        if os.path.isfile(os.path.join(folder, "overall.yaml")):
+            return folder
     raise FileNotFoundError(
-        "recbole_llmsrec cannot find its properties/ folder; reinstall the package "
-        "(pip install -e . from the repository root)"
+        "recbole_llmsrec cannot find its properties/ folder (overall.yaml); reinstall the package "
+        "(pip install -e . from the repository root, or pip install the wheel)"
     )
 
 
@@ -55,6 +50,13 @@ class Config(RecBoleConfig):
             and "train_neg_sample_args" not in self.external_config_dict
         ):
             self.final_config_dict["train_neg_sample_args"] = None
+        # RecBole fills the sub-keys a user leaves out of eval_args with *its* defaults (random
+        # split, full ranking); take them from our properties instead, so that
+        # --eval_args="{'mode': {'valid': 'full', 'test': 'full'}}" keeps the leave-one-out split.
+        external = self.external_config_dict.get("eval_args")
+        internal = self.internal_config_dict.get("eval_args")
+        if isinstance(external, dict) and isinstance(internal, dict):
+            self.final_config_dict["eval_args"] = {**internal, **external}
         super()._set_default_parameters()
 
     def _load_internal_config_dict(self, model, model_class, dataset):

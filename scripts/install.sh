@@ -19,7 +19,7 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PY" -m venv "$VENV"
 fi
 PIP="$VENV/bin/python -m pip"
-$PIP install --quiet --upgrade pip
+$PIP install --quiet --upgrade pip "setuptools>=69" wheel
 # CPU build first, so that nothing below pulls a CUDA build of torch.
 $PIP install --quiet "torch==2.13.0"
 $PIP install --quiet -e ".[test]"

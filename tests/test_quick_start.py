@@ -25,6 +25,10 @@ def test_plugin_properties_load_after_recbole_defaults():
     assert config["item_text_fields"] == ["movie_title", "release_year"]
     assert config["eval_args"]["mode"] == {"valid": "uni100", "test": "uni100"}
     assert os.path.isfile(os.path.join(properties_dir(), "model", "LLMSRec.yaml"))
+    # a partial eval_args keeps the plugin's split (RecBole alone would fall back to a random split)
+    full = Config(model="LLMSRec", dataset="ml-100k", config_dict={"eval_args": {"mode": {"valid": "full", "test": "full"}}})
+    assert full["eval_args"]["split"] == {"LS": "valid_and_test"} and full["eval_args"]["order"] == "TO"
+    assert full["eval_args"]["mode"] == {"valid": "full", "test": "full"}
     native = Config(model="SASRec", dataset="ml-100k")
     assert native["loss_type"] == "CE" and native["train_neg_sample_args"]["distribution"] == "none"
 
@@ -52,6 +56,7 @@ def test_cli_overrides_and_unknown_model(tiny_config_dict, tmp_path):
     script = os.path.join(REPO, "run_recbole_llmsrec.py")
     native = tiny_native(tiny_config_dict)
     args = [sys.executable, script, "--model=SASRec", "--dataset=tiny", f"--data_path={native['data_path']}",
+            f"--config_files={os.path.join(native['data_path'], 'tiny.yaml')}",
             "--epochs=1", "--hidden_size=16", "--inner_size=16", "--n_heads=1", "--show_progress=False",
             f"--checkpoint_dir={tmp_path / 'saved'}"]
     done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
@@ -59,3 +64,21 @@ def test_cli_overrides_and_unknown_model(tiny_config_dict, tmp_path):
     assert "test result" in done.stdout + done.stderr
     bad = subprocess.run([sys.executable, script, "--model=Nope"], cwd=tmp_path, capture_output=True, text=True)
     assert bad.returncode != 0 and "unknown model 'Nope'" in bad.stderr
+
+
+def test_properties_ship_in_the_wheel(tmp_path):
+    """A built wheel finds its YAML inside the installed package, wherever it is run from."""
+    wheels, target = tmp_path / "wheels", tmp_path / "site"
+    def pip(*args):
+        done = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+
+    pip("wheel", REPO, "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels))
+    pip("install", "-q", "--no-deps", "--target", str(target), *map(str, wheels.glob("*.whl")))
+    probe = ("from recbole_llmsrec.config import Config, properties_dir; print(properties_dir()); "
+             "print(Config(model='LLMSRec', dataset='ml-100k')['llm_path'])")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(target)}, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    folder, llm_path = done.stdout.split()[-2:]
+    assert folder == str(target / "recbole_llmsrec" / "properties") and llm_path == "smollm2-135m"

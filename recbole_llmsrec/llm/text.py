@@ -97,8 +97,7 @@ def timestamp_list_field(config, dataset):
     turn every date into 1970-01-01.
     """
     time_field = config["TIME_FIELD"]
-    list_field = time_field + config["LIST_SUFFIX"]
-    if list_field not in dataset.field2type:
+    if not time_field or time_field not in dataset.field2type:
         return None
     if config["normalize_all"] or time_field in (config["normalize_field"] or []):
         raise ValueError(
@@ -106,7 +105,7 @@ def timestamp_list_field(config, dataset):
             f"set normalize_all: False (and keep {time_field} out of normalize_field) in "
             f"properties/dataset/{config['dataset']}.yaml, or set prompt_show_dates: False"
         )
-    return list_field
+    return time_field + config["LIST_SUFFIX"]
 
 
 class PromptBuilder:
