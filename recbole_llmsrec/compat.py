@@ -48,7 +48,7 @@ def atomic_torch_save(obj, path):
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
     os.close(fd)
     try:
-        torch.save(obj, tmp, pickle_protocol=4)
+        torch.save(obj, tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -103,7 +103,7 @@ class TrustedCheckpointMixin:
             "best_valid_score": self.best_valid_score,
             "state_dict": self.checkpoint_state_dict(),
             "other_parameter": self.model.other_parameter(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
         }
         atomic_torch_save(state, saved_model_file)
         if verbose:

@@ -61,6 +61,15 @@ class Config(RecBoleConfig):
 
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)
+        # a plugin model that extends a RecBole model (LLM2SASRec is a SASRec) starts from that
+        # model's RecBole defaults, so every key the parent reads has a value
+        import recbole
+
+        recbole_models = os.path.join(os.path.dirname(recbole.__file__), "properties", "model")
+        for base in reversed(model_class.__mro__[1:]):
+            parent_yaml = os.path.join(recbole_models, f"{base.__name__}.yaml")
+            if base.__module__.startswith("recbole.model.") and os.path.isfile(parent_yaml):
+                self._update_internal_config_dict(parent_yaml)
         folder = properties_dir()
         for file in (
             os.path.join(folder, "overall.yaml"),

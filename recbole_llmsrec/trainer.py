@@ -39,3 +39,27 @@ class LLMTrainer(TrustedCheckpointMixin, Trainer):
 
 class LLMSRecTrainer(LLMTrainer):
     pass
+
+
+class TrainingFreeTrainer(TrustedCheckpointMixin, Trainer):
+    """For models with nothing to train (LLMSeqSim): ``fit`` validates once, with no training loop
+    and no optimiser, and writes the usual checkpoint so that the test reloads it as for any model."""
+
+    def _build_optimizer(self, **kwargs):
+        return None
+
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        self.logger.info(f"{self.config['model']} has nothing to train: evaluating directly")
+        if valid_data:
+            self.best_valid_score, self.best_valid_result = self._valid_epoch(valid_data, show_progress=show_progress)
+            if verbose:
+                self.logger.info(f"valid result: {self.best_valid_result}")
+        else:
+            self.best_valid_score, self.best_valid_result = 0.0, {}
+        if saved:
+            self._save_checkpoint(0, verbose=verbose)
+        return self.best_valid_score, self.best_valid_result
+
+
+class LLMSeqSimTrainer(TrainingFreeTrainer):
+    pass

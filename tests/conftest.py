@@ -42,6 +42,39 @@ def build_tiny_llm(folder, corpus):
     return folder
 
 
+def build_tiny_encoder(folder, corpus):
+    """Save a randomly initialised 1-layer BERT as a sentence-transformers folder (mean pooling, normalised)."""
+    import json
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=300, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"]))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]")
+    torch.manual_seed(1)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=64)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    os.makedirs(os.path.join(folder, "1_Pooling"), exist_ok=True)
+    with open(os.path.join(folder, "1_Pooling", "config.json"), "w") as f:
+        json.dump({"word_embedding_dimension": 24, "pooling_mode_mean_tokens": True}, f)
+    with open(os.path.join(folder, "modules.json"), "w") as f:
+        json.dump([{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                   {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+                   {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}], f)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_path(tmp_path_factory):
+    with open(os.path.join(DATA_DIR, "tiny", "tiny.item"), encoding="utf-8") as f:
+        corpus = f.read().splitlines()
+    return build_tiny_encoder(str(tmp_path_factory.mktemp("tiny_encoder")), corpus * 5)
+
+
 @pytest.fixture(scope="session")
 def tiny_llm_path(tmp_path_factory):
     from recbole_llmsrec.llm.text import PromptBuilder

