@@ -63,3 +63,7 @@ class TrainingFreeTrainer(TrustedCheckpointMixin, Trainer):
 
 class LLMSeqSimTrainer(TrainingFreeTrainer):
     pass
+
+
+class LLMSeqPromptTrainer(LLMTrainer):
+    pass

@@ -1,0 +1,190 @@
+r"""
+LLMSeqPrompt
+################################################
+
+Reference:
+    Jesse Harte et al. "Leveraging Large Language Models for Sequential Recommendation" in RecSys 2023.
+
+A causal LM, fine-tuned with LoRA, reads the numbered titles of a user's history and writes the
+title of the next item. Generated titles map to catalogue items by text-embedding similarity: an
+item's score is its best cosine similarity to any of the ``llmseqprompt_num_samples`` generated
+titles (an exact title scores 1), and items of the history rank last. The paper mapped its samples
+the same way (exact matches, then nearest neighbours by embedding); a score per item lets RecBole
+rank with it in both ``full`` and ``uni100`` evaluation.
+"""
+
+import math
+
+import torch
+from peft import LoraConfig, get_peft_model
+from recbole.model.abstract_recommender import SequentialRecommender
+from recbole.utils import InputType
+from torch.nn import functional as F
+
+from recbole_llmsrec.llm.backbone import load_causal_lm
+from recbole_llmsrec.llm.encoder import TextEncoder, item_text_embeddings
+from recbole_llmsrec.llm.text import read_item_text
+
+
+class LLMSeqPrompt(SequentialRecommender):
+    input_type = InputType.POINTWISE
+
+    PROMPT_HEADER = "A user interacted with these items, in this order:\n"
+    SEPARATOR = "###\n"
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.history_len = config["prompt_history_len"]
+        self.num_samples = config["llmseqprompt_num_samples"]
+        self.temperature = config["llmseqprompt_temperature"]
+        self.top_p = config["llmseqprompt_top_p"]
+        self.max_new_tokens = config["llmseqprompt_max_new_tokens"]
+        self.llm_batch_size = config["llm_batch_size"]
+
+        model, self.tokenizer = load_causal_lm(
+            config["llm_path"], config["llm_dtype"], config["device"], config["llm_cache_dir"]
+        )
+        lora = LoraConfig(
+            r=config["lora_r"], lora_alpha=config["lora_alpha"], lora_dropout=config["lora_dropout"],
+            target_modules=list(config["lora_target_modules"]), task_type="CAUSAL_LM",
+        )
+        self.llm = get_peft_model(model, lora)
+        self.eos_id = self.tokenizer.eos_token_id
+        if self.eos_id is None:
+            raise ValueError(f"the tokenizer of {config['llm_path']!r} has no end-of-sequence token to stop titles with")
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
+
+        texts = read_item_text(config, dataset)
+        self.title_tokens = [self.tokenizer(f" {text}", add_special_tokens=False).input_ids for text in texts]
+        self.header = self.tokenizer(self.PROMPT_HEADER).input_ids  # with the tokenizer's own BOS, if any
+        self.separator = self.tokenizer(self.SEPARATOR, add_special_tokens=False).input_ids
+        self._numbers = {}
+        # catalogue vectors for mapping generated text back to items, from the shared cache
+        self.register_buffer("item_text_vectors", F.normalize(item_text_embeddings(config, dataset), dim=-1),
+                             persistent=False)
+        self._encoder_settings = dict(
+            path=config["text_encoder_path"], pooling=config["text_encoder_pooling"],
+            normalize=config["text_encoder_normalize"], max_length=config["text_encoder_max_length"],
+            device=config["device"],
+        )
+        self._encoder = None
+        self._user_scores = {}
+
+    # Generated titles depend on the adapters: entering training mode or loading a checkpoint
+    # clears what was computed.
+    def train(self, mode=True):
+        super().train(mode)
+        if mode:
+            self._user_scores = {}
+        return self
+
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        self._user_scores = {}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    # ---- prompts ---------------------------------------------------------------------------
+
+    def _number(self, k):
+        if k not in self._numbers:
+            self._numbers[k] = self.tokenizer(f"{k}.", add_special_tokens=False).input_ids
+        return self._numbers[k]
+
+    def prompt_ids(self, items):
+        """Token ids of the prompt over ``items`` (oldest first): a numbered title list, then ``###``."""
+        newline = self.tokenizer("\n", add_special_tokens=False).input_ids
+        ids = list(self.header)
+        for k, item in enumerate(items, start=1):
+            ids += self._number(k) + self.title_tokens[item] + newline
+        return ids + self.separator
+
+    def _histories(self, item_seq, item_seq_len):
+        return [seq[max(0, n - self.history_len) : n] for seq, n in zip(item_seq.tolist(), item_seq_len.tolist())]
+
+    # ---- training --------------------------------------------------------------------------
+
+    def calculate_loss(self, interaction):
+        """Next-title language-model loss on the completion tokens only (the prompt is context)."""
+        histories = self._histories(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        targets = interaction[self.POS_ITEM_ID].tolist()
+        rows = []
+        for history, target in zip(histories, targets):
+            prompt = self.prompt_ids(history)
+            rows.append((prompt, self.title_tokens[target] + [self.eos_id]))
+        width = max(len(p) + len(c) for p, c in rows)
+        device = interaction[self.ITEM_SEQ].device
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long, device=device)
+        labels = torch.full_like(input_ids, -100)
+        attention_mask = torch.zeros_like(input_ids)
+        for r, (prompt, completion) in enumerate(rows):
+            full = prompt + completion
+            input_ids[r, : len(full)] = torch.tensor(full, device=device)
+            labels[r, len(prompt) : len(full)] = torch.tensor(completion, device=device)
+            attention_mask[r, : len(full)] = 1
+        return self.llm(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+
+    # ---- generation and mapping ------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate_titles(self, histories):
+        """``num_samples`` generated next-item titles per history (greedy when temperature is 0)."""
+        prompts = [self.prompt_ids(history) for history in histories]
+        width = max(map(len, prompts))
+        device = self.item_text_vectors.device
+        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long, device=device)
+        attention_mask = torch.zeros_like(input_ids)
+        for r, prompt in enumerate(prompts):  # left padding: generation continues every row at the end
+            input_ids[r, width - len(prompt) :] = torch.tensor(prompt, device=device)
+            attention_mask[r, width - len(prompt) :] = 1
+        sampling = self.temperature > 0
+        output = self.llm.generate(
+            input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=self.max_new_tokens,
+            do_sample=sampling, temperature=self.temperature if sampling else None,
+            top_p=self.top_p if sampling else None, top_k=None,
+            num_return_sequences=self.num_samples if sampling else 1,
+            pad_token_id=self.pad_id, eos_token_id=self.eos_id,
+        )
+        texts = self.tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
+        texts = [text.split("\n")[0].strip() for text in texts]
+        per_row = self.num_samples if sampling else 1
+        return [texts[r * per_row : (r + 1) * per_row] for r in range(len(prompts))]
+
+    def map_to_catalogue(self, generated):
+        """Score every catalogue item for each list of generated titles: ``[len(generated), n_items]``.
+
+        An item's score is its highest cosine similarity to one of the user's generated titles; an
+        empty generation matches nothing (score 0).
+        """
+        if self._encoder is None:
+            self._encoder = TextEncoder(**self._encoder_settings)
+        flat = [text for texts in generated for text in texts]
+        vectors = F.normalize(self._encoder.encode(flat), dim=-1).to(self.item_text_vectors.device)
+        vectors[[i for i, text in enumerate(flat) if not text]] = 0
+        similarity = vectors @ self.item_text_vectors.T
+        scores, start = [], 0
+        for texts in generated:
+            scores.append(similarity[start : start + len(texts)].max(0).values)
+            start += len(texts)
+        scores = torch.stack(scores)
+        scores[:, 0] = -math.inf
+        return scores
+
+    def _user_item_scores(self, interaction):
+        """Scores of every item per row; each distinct (user, history) is generated for once."""
+        item_seq, item_seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
+        keys = [tuple(row) for row in torch.cat([item_seq_len.unsqueeze(1), item_seq], 1).tolist()]
+        todo = sorted({key for key in keys if key not in self._user_scores})
+        for start in range(0, len(todo), self.llm_batch_size):
+            chunk = todo[start : start + self.llm_batch_size]
+            histories = [list(key[1 : 1 + key[0]])[-self.history_len :] for key in chunk]
+            scores = self.map_to_catalogue(self.generate_titles(histories))
+            for key, row in zip(chunk, scores):
+                full_history = torch.tensor(key[1 : 1 + key[0]], dtype=torch.long, device=row.device)
+                self._user_scores[key] = row.index_fill(0, full_history, -math.inf)  # seen items last
+        return torch.stack([self._user_scores[key] for key in keys])
+
+    def full_sort_predict(self, interaction):
+        return self._user_item_scores(interaction)
+
+    def predict(self, interaction):
+        scores = self._user_item_scores(interaction)
+        return scores.gather(1, interaction[self.ITEM_ID].unsqueeze(1)).squeeze(1)

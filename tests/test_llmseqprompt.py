@@ -1,0 +1,67 @@
+"""LLMSeqPrompt: LoRA fine-tuning to write the next title, and the mapping of text to catalogue items."""
+
+import pytest
+import torch
+from recbole.utils import init_seed
+
+from recbole_llmsrec.config import Config
+from recbole_llmsrec.quick_start import _build
+
+
+@pytest.fixture
+def prompt_config(tiny_config_dict, tiny_encoder_path):
+    keys = ("dataset", "data_path", "item_text_fields", "load_col", "llm_path", "checkpoint_dir",
+            "MAX_ITEM_LIST_LENGTH", "show_progress", "state")
+    return {**{k: tiny_config_dict[k] for k in keys}, "text_encoder_path": tiny_encoder_path,
+            "lora_target_modules": ["q_proj", "v_proj"], "llmseqprompt_num_samples": 3,
+            "llmseqprompt_max_new_tokens": 6, "prompt_history_len": 5, "learning_rate": 0.01,
+            "train_batch_size": 16, "eval_batch_size": 6000, "epochs": 1}
+
+
+def build(config_dict, **overrides):
+    config = Config(model="LLMSeqPrompt", config_dict={**config_dict, **overrides})
+    init_seed(config["seed"], config["reproducibility"])
+    return config, _build(config)
+
+
+def test_mapping_returns_the_catalogue_item_of_an_exact_title(prompt_config):
+    _, (dataset, *_, model, _) = build(prompt_config)
+    item = dataset.token2id("item_id", "12")
+    scores = model.map_to_catalogue([["Film 12"], ["", "Film 12"], [""]])
+    assert scores.shape == (3, dataset.item_num)
+    assert int(scores[0].argmax()) == item and int(scores[1].argmax()) == item
+    assert torch.isclose(scores[0, item], torch.tensor(1.0), atol=1e-5)
+    assert torch.all(scores[2, 1:] == 0)  # an empty generation matches nothing
+
+
+def test_lora_trains_the_title_and_base_weights_stay(prompt_config):
+    config, (dataset, train_data, valid_data, test_data, model, trainer) = build(prompt_config)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    base_before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    lora_before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    batch = next(iter(train_data))
+    model.train()
+    first = model.calculate_loss(batch).item()
+    for _ in range(15):
+        trainer.optimizer.zero_grad()
+        model.calculate_loss(batch).backward()
+        trainer.optimizer.step()
+    assert model.calculate_loss(batch).item() < first
+    assert all(torch.equal(p, base_before[n]) for n, p in model.named_parameters() if not p.requires_grad)
+    assert any(not torch.equal(p, lora_before[n]) for n, p in model.named_parameters() if p.requires_grad)
+
+
+def test_generation_scores_every_item_and_evaluates(prompt_config):
+    config, (dataset, train_data, valid_data, test_data, model, trainer) = build(prompt_config)
+    model.eval()
+    titles = model.generate_titles([[1, 2, 3], [4]])
+    assert len(titles) == 2 and all(len(t) == 3 and all(isinstance(s, str) for s in t) for t in titles)
+    batch = next(iter(test_data))[0]
+    with torch.no_grad():
+        full = model.full_sort_predict(batch[[0]])
+    seen = batch["item_id_list"][0][: batch["item_length"][0]]
+    assert full.shape == (1, dataset.item_num) and torch.isinf(full[0, seen]).all()
+    trainer.fit(train_data, valid_data, saved=True, show_progress=False)
+    result = trainer.evaluate(test_data, load_best_model=True)
+    assert 0.0 <= result["ndcg@10"] <= result["hit@10"] <= 1.0
