@@ -17,6 +17,7 @@ import os
 import platform
 from queue import Empty
 import resource
+import statistics
 import sys
 import time
 from datetime import datetime, timezone
@@ -73,7 +74,8 @@ def _run_model(model_name, config_dict, queue):
         "metrics": {mode: {m: float(res[m]) for m in METRICS} for mode, res in results.items()},
         "best_valid": {k: float(v) for k, v in best_valid_result.items()},
         "epochs_run": len(epoch_seconds),
-        "train_seconds_per_epoch": sum(epoch_seconds) / len(epoch_seconds),
+        # median: robust to an epoch slowed by other work on a shared machine; None: nothing trains
+        "train_seconds_per_epoch": statistics.median(epoch_seconds) if epoch_seconds else None,
         "train_seconds_per_epoch_all": epoch_seconds,
         "eval_seconds": eval_seconds,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
