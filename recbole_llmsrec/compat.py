@@ -15,13 +15,20 @@ What we do about each break, in one place:
   ``checkpoint = torch.load(checkpoint_file, map_location=self.device)`` and
   ``Trainer.resume_checkpoint``): :class:`TrustedCheckpointMixin` below loads RecBole's own
   checkpoints with ``weights_only=False``.
+* hyperopt >= 0.2.7 samples with ``numpy.random.Generator.integers``, but RecBole's exhaustive
+  search hands it a legacy ``RandomState`` (``recbole/trainer/hyper_tuning.py``,
+  ``exhaustive_search`` line ``rng = np.random.RandomState(seed)``), and ``plot_hyper`` uses
+  ``np.str`` (removed in numpy 1.24): :func:`recbole_hyper_tuning` gives that module a numpy whose
+  ``random.RandomState`` makes a ``Generator`` and whose ``str`` is ``str``.
 * ``Trainer._save_checkpoint`` writes in place, so a run killed mid-write leaves a truncated file:
   :func:`atomic_torch_save` writes to a temporary file and renames it.
 """
 
 import os
 import tempfile
+from types import SimpleNamespace
 
+import numpy as np
 import torch
 
 
@@ -125,3 +132,22 @@ def trusted_trainer(trainer_class):
             trainer_class.__name__, (TrustedCheckpointMixin, trainer_class), {}
         )
     return _trusted_classes[trainer_class]
+
+
+class _NumpyForHyperTuning:
+    """numpy as ``recbole.trainer.hyper_tuning`` expects it (see the module docstring)."""
+
+    random = SimpleNamespace(RandomState=np.random.default_rng)
+    str = str
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+
+def recbole_hyper_tuning():
+    """RecBole's ``hyper_tuning`` module, with the hyperopt/numpy shim applied (once)."""
+    from recbole.trainer import hyper_tuning
+
+    if not isinstance(hyper_tuning.np, _NumpyForHyperTuning):
+        hyper_tuning.np = _NumpyForHyperTuning()
+    return hyper_tuning

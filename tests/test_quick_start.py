@@ -82,3 +82,34 @@ def test_properties_ship_in_the_wheel(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     folder, llm_path = done.stdout.split()[-2:]
     assert folder == str(target / "recbole_llmsrec" / "properties") and llm_path == "smollm2-135m"
+
+
+def test_every_search_space_names_keys_its_model_reads():
+    from recbole.trainer.hyper_tuning import HyperTuning
+
+    folder = os.path.join(properties_dir(), "hyper")
+    files = sorted(f for f in os.listdir(folder) if f.endswith(".hyper"))
+    assert {"LLMSRec.hyper", "SASRec.hyper", "LLMSeqSim.hyper"} <= set(files)
+    for name in files:
+        model = name[: -len(".hyper")]
+        space = HyperTuning._build_space_from_file(os.path.join(folder, name))
+        config = Config(model=model, dataset="ml-100k")
+        unknown = [key for key in space if config[key] is None]
+        assert space and not unknown, f"{name}: {unknown} are not config keys of {model}"
+
+
+def test_run_hyper_finds_the_best_of_a_small_search(tiny_config_dict, tmp_path):
+    params = tmp_path / "space.hyper"
+    params.write_text("learning_rate choice [0.0,0.01]\n")  # a zero learning rate cannot win
+    output = tmp_path / "search.result"
+    native = tiny_native(tiny_config_dict)
+    args = [sys.executable, os.path.join(REPO, "run_hyper.py"), "--model=SASRec", "--dataset=tiny",
+            f"--params_file={params}", f"--output_file={output}", f"--data_path={native['data_path']}",
+            f"--config_files={os.path.join(native['data_path'], 'tiny.yaml')}", "--epochs=3",
+            "--hidden_size=16", "--inner_size=16", "--n_heads=1", "--show_progress=False",
+            f"--checkpoint_dir={tmp_path / 'saved'}"]
+    done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "best params: {'learning_rate': 0.01}" in done.stdout
+    text = output.read_text()
+    assert text.count("Valid result:") == 2 and "learning_rate:0.0" in text and "learning_rate:0.01" in text
