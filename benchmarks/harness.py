@@ -108,6 +108,9 @@ def parser(doc):
 def start(args):
     """Move into the work folder and return the settings every model of the run shares."""
     sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value flags from sys.argv
+    if args.out:  # relative to where the command was given, not to the work folder
+        args.out = os.path.abspath(args.out)
+    args.workdir = os.path.abspath(args.workdir)
     os.makedirs(args.workdir, exist_ok=True)
     os.chdir(args.workdir)
     return {
