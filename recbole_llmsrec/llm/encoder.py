@@ -18,6 +18,7 @@ from tqdm import tqdm
 from recbole_llmsrec.compat import atomic_torch_save
 from recbole_llmsrec.llm.backbone import packaged_weights_dir
 from recbole_llmsrec.llm.text import read_item_text
+from recbole_llmsrec.teacher import item_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -160,17 +161,18 @@ def _encoder_fingerprint(path):
     return parts
 
 
-def item_text_embeddings(config, dataset):
+def item_text_embeddings(config, dataset, texts=None):
     """Text vectors of every item, ``[item_num, dim]`` in RecBole's internal id order (row 0 zero).
 
+    ``texts``: the items' texts if the caller has already read them (:func:`read_item_text`).
     Cached under ``text_emb_cache_dir`` (default ``<checkpoint_dir>/item_text_emb``), keyed by the
     dataset's item ids and texts and by the encoder, pooling and normalisation.
     """
-    texts = read_item_text(config, dataset)
-    iid_field = config["ITEM_ID_FIELD"]
+    if texts is None:
+        texts = read_item_text(config, dataset)
     key = {
         "dataset": config["dataset"],
-        "items": hashlib.sha256("\n".join(map(str, dataset.field2id_token[iid_field])).encode()).hexdigest(),
+        "items": item_fingerprint(dataset),
         "texts": hashlib.sha256("\n".join(texts).encode()).hexdigest(),
         "encoder": _encoder_fingerprint(config["text_encoder_path"]),
         "pooling": config["text_encoder_pooling"],

@@ -108,6 +108,22 @@ def timestamp_list_field(config, dataset):
     return time_field + config["LIST_SUFFIX"]
 
 
+def history_windows(item_seq, item_seq_len, window, time_seq=None):
+    """The last ``window`` items (and timestamps) of each RecBole sequence, oldest first.
+
+    RecBole sequences are left-aligned with trailing zero padding.
+    """
+    items_out, times_out = [], []
+    seqs = item_seq.tolist()
+    lengths = item_seq_len.tolist()
+    times = time_seq.tolist() if time_seq is not None else None
+    for row, length in enumerate(lengths):
+        start = max(0, length - window)
+        items_out.append(seqs[row][start:length])
+        times_out.append(times[row][start:length] if times is not None else None)
+    return items_out, times_out
+
+
 class PromptBuilder:
     """Builds LLM-SRec-style prompts (paper Table 2) as token ids, from cached pieces.
 
@@ -190,17 +206,4 @@ class PromptBuilder:
             attention_mask[row, : len(seq)] = 1
         return input_ids.to(device), attention_mask.to(device)
 
-    def history_windows(self, item_seq, item_seq_len, window, time_seq=None):
-        """The last ``window`` items (and timestamps) of each RecBole sequence, oldest first.
-
-        RecBole sequences are left-aligned with trailing zero padding.
-        """
-        items_out, times_out = [], []
-        seqs = item_seq.tolist()
-        lengths = item_seq_len.tolist()
-        times = time_seq.tolist() if time_seq is not None else None
-        for row, length in enumerate(lengths):
-            start = max(0, length - window)
-            items_out.append(seqs[row][start:length])
-            times_out.append(times[row][start:length] if times is not None else None)
-        return items_out, times_out
+    history_windows = staticmethod(history_windows)

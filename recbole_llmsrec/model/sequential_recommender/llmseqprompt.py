@@ -23,7 +23,7 @@ from torch.nn import functional as F
 
 from recbole_llmsrec.llm.backbone import load_causal_lm
 from recbole_llmsrec.llm.encoder import TextEncoder, item_text_embeddings
-from recbole_llmsrec.llm.text import read_item_text
+from recbole_llmsrec.llm.text import history_windows, read_item_text
 
 
 class LLMSeqPrompt(SequentialRecommender):
@@ -58,9 +58,10 @@ class LLMSeqPrompt(SequentialRecommender):
         self.title_tokens = [self.tokenizer(f" {text}", add_special_tokens=False).input_ids for text in texts]
         self.header = self.tokenizer(self.PROMPT_HEADER).input_ids  # with the tokenizer's own BOS, if any
         self.separator = self.tokenizer(self.SEPARATOR, add_special_tokens=False).input_ids
+        self.newline = self.tokenizer("\n", add_special_tokens=False).input_ids
         self._numbers = {}
         # catalogue vectors for mapping generated text back to items, from the shared cache
-        self.register_buffer("item_text_vectors", F.normalize(item_text_embeddings(config, dataset), dim=-1),
+        self.register_buffer("item_text_vectors", F.normalize(item_text_embeddings(config, dataset, texts), dim=-1),
                              persistent=False)
         self._encoder_settings = dict(
             path=config["text_encoder_path"], pooling=config["text_encoder_pooling"],
@@ -91,20 +92,16 @@ class LLMSeqPrompt(SequentialRecommender):
 
     def prompt_ids(self, items):
         """Token ids of the prompt over ``items`` (oldest first): a numbered title list, then ``###``."""
-        newline = self.tokenizer("\n", add_special_tokens=False).input_ids
         ids = list(self.header)
         for k, item in enumerate(items, start=1):
-            ids += self._number(k) + self.title_tokens[item] + newline
+            ids += self._number(k) + self.title_tokens[item] + self.newline
         return ids + self.separator
-
-    def _histories(self, item_seq, item_seq_len):
-        return [seq[max(0, n - self.history_len) : n] for seq, n in zip(item_seq.tolist(), item_seq_len.tolist())]
 
     # ---- training --------------------------------------------------------------------------
 
     def calculate_loss(self, interaction):
         """Next-title language-model loss on the completion tokens only (the prompt is context)."""
-        histories = self._histories(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        histories, _ = history_windows(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], self.history_len)
         targets = interaction[self.POS_ITEM_ID].tolist()
         rows = []
         for history, target in zip(histories, targets):
