@@ -43,6 +43,15 @@ def run_model(model_name, config_dict, queue):
         return result
 
     trainer._train_epoch = timed_train_epoch
+    valid_scores = []
+    valid_epoch = trainer._valid_epoch
+
+    def recorded_valid_epoch(*args, **kwargs):
+        score, result = valid_epoch(*args, **kwargs)
+        valid_scores.append(float(score))
+        return score, result
+
+    trainer._valid_epoch = recorded_valid_epoch
     best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, saved=True, show_progress=config["show_progress"])
 
     results = {}
@@ -65,6 +74,7 @@ def run_model(model_name, config_dict, queue):
         "metrics": {mode: {m: float(res[m]) for m in METRICS} for mode, res in results.items()},
         "best_valid": {k: float(v) for k, v in best_valid_result.items()},
         "epochs_run": len(epoch_seconds),
+        "valid_score_by_epoch": valid_scores,
         # median: robust to an epoch slowed by other work on a shared machine; None: nothing trains
         "train_seconds_per_epoch": statistics.median(epoch_seconds) if epoch_seconds else None,
         "train_seconds_per_epoch_all": epoch_seconds,
