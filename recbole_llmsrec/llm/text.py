@@ -9,7 +9,7 @@ from functools import lru_cache
 import pandas as pd
 import torch
 
-from recbole_llmsrec.llm.backbone import HISTORY_EMB, ITEM_OUT, USER_OUT
+from recbole_llmsrec.llm.backbone import HISTORY_EMB, ITEM_OUT, USER_OUT, USER_REP
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +144,7 @@ class PromptBuilder:
         self.history_emb_id = tokenizer.convert_tokens_to_ids(HISTORY_EMB)
         self.user_out_id = tokenizer.convert_tokens_to_ids(USER_OUT)
         self.item_out_id = tokenizer.convert_tokens_to_ids(ITEM_OUT)
+        self.user_rep_id = tokenizer.convert_tokens_to_ids(USER_REP)
         if timestamp_unit not in ("s", "ms"):
             raise ValueError(f"timestamp_unit must be s or ms, not {timestamp_unit!r}")
         self.seconds_per_unit = 1.0 if timestamp_unit == "s" else 1e-3
@@ -168,9 +169,12 @@ class PromptBuilder:
     def _marker(self):
         return [self.history_emb_id] if self.soft_tokens else []
 
-    def user_prompt(self, items, timestamps=None):
-        """Token ids of one user prompt over ``items`` (oldest first) and their timestamps."""
-        ids = list(self.bos) + list(self.piece(self.USER_PREFIX))
+    def user_prompt(self, items, timestamps=None, user_rep=False):
+        """Token ids of one user prompt over ``items`` (oldest first) and their timestamps.
+
+        ``user_rep`` opens the prompt with a ``[UserRep]`` placeholder for a user soft token.
+        """
+        ids = list(self.bos) + ([self.user_rep_id] if user_rep else []) + list(self.piece(self.USER_PREFIX))
         for k, item in enumerate(items, start=1):
             if k > 1:
                 ids += self.piece(",")
