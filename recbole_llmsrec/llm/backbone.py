@@ -144,6 +144,30 @@ def load_causal_lm(llm_path, dtype="float32", device="cpu", cache_dir=None):
     return model, tokenizer
 
 
+LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
+
+
+def add_lora(model, config):
+    """Wrap a frozen causal LM with trainable peft LoRA adapters configured by ``lora_*`` keys.
+
+    Only the adapters train; the base weights keep ``requires_grad=False``.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    missing = [key for key in LORA_KEYS if config[key] is None]
+    if missing:
+        raise KeyError(
+            f"{config['model']} fine-tunes the LLM with LoRA but {missing} are not set; set them in "
+            f"properties/model/{config['model']}.yaml or with --key=value"
+        )
+    targets = config["lora_target_modules"]
+    lora = LoraConfig(
+        r=config["lora_r"], lora_alpha=config["lora_alpha"], lora_dropout=config["lora_dropout"],
+        target_modules=[targets] if isinstance(targets, str) else list(targets), bias="none", task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
 def inject_soft_tokens(inputs_embeds, input_ids, token_id, values):
     """Replace the embeddings at every ``token_id`` position with the rows of ``values``, in order.
 
@@ -167,10 +191,12 @@ def read_out(hidden_states, input_ids, token_id):
 
 
 class LLMBackbone(nn.Module):
-    """A frozen causal LM with this plugin's special tokens.
+    """A frozen causal LM with this plugin's special tokens, optionally with LoRA adapters.
 
     ``encode(input_ids, attention_mask, soft_tokens)`` embeds the ids, writes the soft tokens
     (``{token_id: vectors}``) into their placeholders and returns the last layer's hidden states.
+    With ``lora=True`` (:meth:`from_config`) the LM is wrapped by peft: the adapters train, the
+    base weights stay frozen.
     """
 
     def __init__(self, model, tokenizer, gradient_checkpointing=False):
@@ -190,14 +216,22 @@ class LLMBackbone(nn.Module):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config, lora=False):
+        """The backbone of ``config["llm_path"]``; ``lora=True`` adds adapters from the ``lora_*`` keys."""
         model, tokenizer = load_causal_lm(
             config["llm_path"],
             dtype=config["llm_dtype"],
             device=config["device"],
             cache_dir=config["llm_cache_dir"],
         )
-        return cls(model, tokenizer, gradient_checkpointing=config["llm_gradient_checkpointing"])
+        backbone = cls(model, tokenizer, gradient_checkpointing=config["llm_gradient_checkpointing"])
+        if lora:
+            backbone.model = add_lora(backbone.model, config)
+        return backbone
+
+    @property
+    def has_lora(self):
+        return any("lora_" in name for name, _ in self.model.named_parameters())
 
     @property
     def hidden_size(self):
@@ -208,18 +242,28 @@ class LLMBackbone(nn.Module):
         return self.model.get_input_embeddings().weight.dtype
 
     def train(self, mode=True):
-        # the backbone is frozen for good: no dropout, whatever the recommender's mode
-        return super().train(False)
+        # the base LM never uses dropout, whatever the recommender's mode; LoRA's dropout follows it
+        super().train(False)
+        if mode:
+            for name, module in self.model.named_modules():
+                if name.endswith("lora_dropout"):
+                    module.train(True)
+        return self
 
     def token_embedding_stats(self):
         """Mean and standard deviation of the input-embedding table (to initialise new tokens)."""
         weight = self.model.get_input_embeddings().weight.float()
         return weight.mean().item(), weight.std().item()
 
-    def encode(self, input_ids, attention_mask, soft_tokens):
+    def embed(self, input_ids, soft_tokens):
+        """Input embeddings of ``input_ids`` with the soft tokens (``{token_id: vectors}``) written in."""
         inputs_embeds = self.model.get_input_embeddings()(input_ids)
         for token_id, values in soft_tokens.items():
             inputs_embeds = inject_soft_tokens(inputs_embeds, input_ids, token_id, values)
+        return inputs_embeds
+
+    def encode(self, input_ids, attention_mask, soft_tokens):
+        inputs_embeds = self.embed(input_ids, soft_tokens)
         # the decoder alone: no LM head, so no [batch, length, vocab] logits are computed
         outputs = self.model.get_decoder()(inputs_embeds=inputs_embeds, attention_mask=attention_mask)
         return outputs.last_hidden_state

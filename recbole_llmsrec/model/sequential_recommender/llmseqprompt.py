@@ -16,12 +16,11 @@ rank with it in both ``full`` and ``uni100`` evaluation.
 import math
 
 import torch
-from peft import LoraConfig, get_peft_model
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 from torch.nn import functional as F
 
-from recbole_llmsrec.llm.backbone import load_causal_lm
+from recbole_llmsrec.llm.backbone import add_lora, load_causal_lm
 from recbole_llmsrec.llm.encoder import TextEncoder, item_text_embeddings
 from recbole_llmsrec.llm.text import history_windows, read_item_text
 
@@ -44,11 +43,7 @@ class LLMSeqPrompt(SequentialRecommender):
         model, self.tokenizer = load_causal_lm(
             config["llm_path"], config["llm_dtype"], config["device"], config["llm_cache_dir"]
         )
-        lora = LoraConfig(
-            r=config["lora_r"], lora_alpha=config["lora_alpha"], lora_dropout=config["lora_dropout"],
-            target_modules=list(config["lora_target_modules"]), task_type="CAUSAL_LM",
-        )
-        self.llm = get_peft_model(model, lora)
+        self.llm = add_lora(model, config)
         self.eos_id = self.tokenizer.eos_token_id
         if self.eos_id is None:
             raise ValueError(f"the tokenizer of {config['llm_path']!r} has no end-of-sequence token to stop titles with")
