@@ -41,6 +41,86 @@ class LLMSRecTrainer(LLMTrainer):
     pass
 
 
+class StagedTrainer(LLMTrainer):
+    """Trains a model in stages, one RecBole ``fit`` per stage (A-LLMRec's two stages, CoLLM's two steps).
+
+    The model declares ``training_stages``, an ordered dict from stage name to the prefixes of the
+    parameter names trained in that stage; ``set_stage(name)`` switches whatever else changes
+    (which loss, which score); ``stage_settings(name)`` gives the stage's ``epochs``,
+    ``learning_rate`` and an optional ``checkpoint`` to load instead of training. Each stage has its
+    own early stopping and checkpoint, ``<saved_model_file stem>-<stage>.pth``, holding every
+    parameter trained up to that stage; the last one is what ``evaluate`` loads.
+    """
+
+    def __init__(self, config, model):
+        self.stages = list(model.training_stages)
+        self.stage = self.stages[-1]  # a trainer that only evaluates expects a finished model
+        self.stage_train_loss = {}  # stage -> {epoch: loss}
+        super().__init__(config, model)
+
+    def _trained_prefixes(self, stage):
+        upto = self.stages[: self.stages.index(stage) + 1]
+        return tuple(prefix for name in upto for prefix in self.model.training_stages[name])
+
+    def _stage_parameter_names(self, stage):
+        prefixes = self._trained_prefixes(stage)
+        return {name for name, _ in self.model.named_parameters() if name.startswith(prefixes)}
+
+    def _enter_stage(self, stage):
+        self.stage = stage
+        trained = self.model.training_stages[stage]
+        for name, param in self.model.named_parameters():
+            param.requires_grad_(name.startswith(trained))
+        self.model.set_stage(stage)
+
+    def checkpoint_state_dict(self):
+        names = self._stage_parameter_names(self.stage)
+        return {name: param.detach().clone() for name, param in self.model.named_parameters() if name in names}
+
+    def load_model_checkpoint(self, checkpoint_file):
+        checkpoint = load_recbole_checkpoint(checkpoint_file, map_location=self.device)
+        expected = self._stage_parameter_names(self.stage)
+        saved = set(checkpoint["state_dict"])
+        if saved != expected:
+            raise ValueError(
+                f"checkpoint {checkpoint_file} does not hold the parameters of {self.config['model']} "
+                f"trained up to {self.stage} (missing {sorted(expected - saved)[:5]}, unexpected "
+                f"{sorted(saved - expected)[:5]}); point it to a checkpoint this model wrote at the end of {self.stage}"
+            )
+        self.model.load_state_dict(checkpoint["state_dict"], strict=False)
+        self.model.load_other_parameter(checkpoint.get("other_parameter"))
+        self.logger.info(f"Loading {self.stage} parameters from {checkpoint_file}")
+        return checkpoint
+
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        stem = self.saved_model_file[: -len(".pth")] if self.saved_model_file.endswith(".pth") else self.saved_model_file
+        eval_step = self.config["eval_step"]
+        result = (self.best_valid_score, self.best_valid_result)
+        for stage in self.stages:
+            self._enter_stage(stage)
+            settings = self.model.stage_settings(stage)
+            if settings.get("checkpoint"):
+                checkpoint = self.load_model_checkpoint(settings["checkpoint"])
+                self.saved_model_file = settings["checkpoint"]
+                result = (checkpoint.get("best_valid_score"), None)
+                continue
+            self.logger.info(f"{self.config['model']}: {stage} ({settings['epochs']} epochs, lr {settings['learning_rate']})")
+            self.epochs = settings["epochs"]
+            self.eval_step = min(eval_step, self.epochs)
+            self.learning_rate = settings["learning_rate"]
+            self.optimizer = self._build_optimizer()
+            self.start_epoch, self.cur_step = 0, 0
+            self.best_valid_score = -float("inf") if self.valid_metric_bigger else float("inf")
+            self.best_valid_result = None
+            self.train_loss_dict = {}
+            self.saved_model_file = f"{stem}-{stage}.pth"
+            result = super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+            self.stage_train_loss[stage] = dict(self.train_loss_dict)
+            if saved and valid_data:
+                self.load_model_checkpoint(self.saved_model_file)  # the next stage starts from this one's best
+        return result
+
+
 class TrainingFreeTrainer(TrustedCheckpointMixin, Trainer):
     """For models with nothing to train (LLMSeqSim): ``fit`` validates once, with no training loop
     and no optimiser, and writes the usual checkpoint so that the test reloads it as for any model."""
@@ -66,4 +146,8 @@ class LLMSeqSimTrainer(TrainingFreeTrainer):
 
 
 class LLMSeqPromptTrainer(LLMTrainer):
+    pass
+
+
+class ALLMRecTrainer(StagedTrainer):
     pass
