@@ -38,6 +38,9 @@ def item_fingerprint(dataset):
 
 def _dataset_settings(config):
     keys = list(config.parameters["Dataset"]) + list(_SPLIT_KEYS)
+    # shuffled training with shuffle_teacher_too: the teacher learns the shuffled sequences too
+    if config["shuffle_mode"] == "train" and config["shuffle_teacher_too"]:
+        keys += ["shuffle_mode", "shuffle_seed", "shuffle_scope", "shuffle_window"]
     return {key: config[key] for key in sorted(set(keys)) if key in config}
 
 
