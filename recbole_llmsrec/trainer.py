@@ -9,27 +9,31 @@ from recbole.trainer import Trainer
 from recbole_llmsrec.compat import TrustedCheckpointMixin, load_recbole_checkpoint
 
 
-def trainable_state_dict(model):
-    return {name: param.detach().clone() for name, param in model.named_parameters() if param.requires_grad}
-
-
 class LLMTrainer(TrustedCheckpointMixin, Trainer):
     def _build_optimizer(self, **kwargs):
         kwargs.setdefault("params", [p for p in self.model.parameters() if p.requires_grad])
         return super()._build_optimizer(**kwargs)
 
+    def checkpoint_parameter_names(self):
+        """The parameters a checkpoint holds: the trained ones."""
+        return {name for name, param in self.model.named_parameters() if param.requires_grad}
+
+    def checkpoint_mismatch_hint(self):
+        return "was it written by another model or configuration?"
+
     def checkpoint_state_dict(self):
-        return trainable_state_dict(self.model)
+        names = self.checkpoint_parameter_names()
+        return {name: param.detach().clone() for name, param in self.model.named_parameters() if name in names}
 
     def load_model_checkpoint(self, checkpoint_file):
         checkpoint = load_recbole_checkpoint(checkpoint_file, map_location=self.device)
-        expected = set(trainable_state_dict(self.model))
+        expected = self.checkpoint_parameter_names()
         saved = set(checkpoint["state_dict"])
         if saved != expected:
             raise ValueError(
                 f"checkpoint {checkpoint_file} does not hold this model's trained parameters "
                 f"(missing {sorted(expected - saved)[:5]}, unexpected {sorted(saved - expected)[:5]}); "
-                f"was it written by another model or configuration?"
+                f"{self.checkpoint_mismatch_hint()}"
             )
         self.model.load_state_dict(checkpoint["state_dict"], strict=False)
         self.model.load_other_parameter(checkpoint.get("other_parameter"))
@@ -62,9 +66,13 @@ class StagedTrainer(LLMTrainer):
         upto = self.stages[: self.stages.index(stage) + 1]
         return tuple(prefix for name in upto for prefix in self.model.training_stages[name])
 
-    def _stage_parameter_names(self, stage):
-        prefixes = self._trained_prefixes(stage)
+    def checkpoint_parameter_names(self):
+        prefixes = self._trained_prefixes(self.stage)
         return {name for name, _ in self.model.named_parameters() if name.startswith(prefixes)}
+
+    def checkpoint_mismatch_hint(self):
+        return (f"{self.config['model']} expected its parameters trained up to {self.stage}: point it to a "
+                f"checkpoint this model wrote at the end of {self.stage}")
 
     def _enter_stage(self, stage):
         self.stage = stage
@@ -72,25 +80,6 @@ class StagedTrainer(LLMTrainer):
         for name, param in self.model.named_parameters():
             param.requires_grad_(name.startswith(trained))
         self.model.set_stage(stage)
-
-    def checkpoint_state_dict(self):
-        names = self._stage_parameter_names(self.stage)
-        return {name: param.detach().clone() for name, param in self.model.named_parameters() if name in names}
-
-    def load_model_checkpoint(self, checkpoint_file):
-        checkpoint = load_recbole_checkpoint(checkpoint_file, map_location=self.device)
-        expected = self._stage_parameter_names(self.stage)
-        saved = set(checkpoint["state_dict"])
-        if saved != expected:
-            raise ValueError(
-                f"checkpoint {checkpoint_file} does not hold the parameters of {self.config['model']} "
-                f"trained up to {self.stage} (missing {sorted(expected - saved)[:5]}, unexpected "
-                f"{sorted(saved - expected)[:5]}); point it to a checkpoint this model wrote at the end of {self.stage}"
-            )
-        self.model.load_state_dict(checkpoint["state_dict"], strict=False)
-        self.model.load_other_parameter(checkpoint.get("other_parameter"))
-        self.logger.info(f"Loading {self.stage} parameters from {checkpoint_file}")
-        return checkpoint
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         stem = self.saved_model_file[: -len(".pth")] if self.saved_model_file.endswith(".pth") else self.saved_model_file
@@ -151,3 +140,29 @@ class LLMSeqPromptTrainer(LLMTrainer):
 
 class ALLMRecTrainer(StagedTrainer):
     pass
+
+
+class TALLRecTrainer(LLMTrainer):
+    pass
+
+
+class CoLLMTrainer(StagedTrainer):
+    """CoLLM's two steps: LoRA on text-only prompts, then the mapping MLP with the LoRA frozen."""
+
+
+class LLaRATrainer(LLMTrainer):
+    """LLaRA's curriculum: before each training batch the model learns ``global_step / total_steps``
+    (total = ``epochs`` x batches per epoch), the probability that the batch uses hybrid prompts."""
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        total_steps = self.epochs * len(train_data)
+        step = epoch_idx * len(train_data)
+        loss_func = loss_func or self.model.calculate_loss
+
+        def curriculum_loss(interaction):
+            nonlocal step
+            self.model.curriculum_progress = step / total_steps
+            step += 1
+            return loss_func(interaction)
+
+        return super()._train_epoch(train_data, epoch_idx, loss_func=curriculum_loss, show_progress=show_progress)
