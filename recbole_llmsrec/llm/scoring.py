@@ -145,6 +145,50 @@ def next_token_logits(model, prefix_embeds, suffixes, token_ids=None, chunk_size
     return torch.stack(rows).float()
 
 
+# ---- training heads and ranking helpers -----------------------------------------------------------
+
+
+def last_token_logits(model, inputs_embeds, attention_mask):
+    """Logits of the token after each left-padded prompt: ``[batch, V]``, computed at that position only."""
+    if not bool(attention_mask[:, -1].all()):
+        raise ValueError("last_token_logits needs left-padded prompts (every row ends at the last position)")
+    positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
+    out = model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=positions,
+                use_cache=False, logits_to_keep=1)
+    return out.logits[:, -1].float()
+
+
+def label_loss(model, inputs_embeds, attention_mask, labels):
+    """Causal-LM cross-entropy, averaged over the tokens whose label is not -100 (right-padded rows).
+
+    Logits are computed only at the positions that predict a labelled token.
+    """
+    hidden = model.get_decoder()(inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False)
+    targets = labels[:, 1:]
+    scored = targets != -100
+    logits = model.get_output_embeddings()(hidden.last_hidden_state[:, :-1][scored]).float()
+    return F.cross_entropy(logits, targets[scored])
+
+
+def seeded_generator(seed, key):
+    """A CPU generator for one (seed, key) pair, e.g. one user: the same draw in every evaluation."""
+    return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(key))
+
+
+def break_ties(scores, generator):
+    """``scores`` with exact ties broken at random; distinct scores keep their order.
+
+    Each score moves up by less than half the smallest gap between distinct scores, so only
+    equal scores (e.g. two items with the same title) are reordered, and row order (the positive
+    comes first in RecBole's sampled evaluation) never decides.
+    """
+    values = scores.detach().float()
+    distinct = torch.unique(values)
+    gap = (distinct[1:] - distinct[:-1]).min() if len(distinct) > 1 else values.abs().max().clamp(min=1.0)
+    jitter = torch.rand(len(values), generator=generator).to(values.device)
+    return values + jitter * (gap / 2)
+
+
 # ---- references: one full prompt per candidate ---------------------------------------------------
 
 

@@ -200,14 +200,15 @@ class PromptBuilder:
             self._item_prompts[item] = cached
         return cached
 
-    def pad(self, sequences, device=None):
-        """Right-pad token id lists into ``(input_ids, attention_mask)`` tensors."""
+    def pad(self, sequences, device=None, left=False):
+        """Right-pad (or ``left``-pad) token id lists into ``(input_ids, attention_mask)`` tensors."""
         width = max(len(seq) for seq in sequences)
         input_ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
         for row, seq in enumerate(sequences):
-            input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-            attention_mask[row, : len(seq)] = 1
+            span = slice(width - len(seq), width) if left else slice(0, len(seq))
+            input_ids[row, span] = torch.tensor(seq, dtype=torch.long)
+            attention_mask[row, span] = 1
         return input_ids.to(device), attention_mask.to(device)
 
     history_windows = staticmethod(history_windows)

@@ -8,12 +8,15 @@ _ACTIVATIONS = {"leaky_relu": nn.LeakyReLU, "gelu": nn.GELU, "relu": nn.ReLU}
 
 
 class ProjectionMLP(nn.Sequential):
-    """Linear -> LayerNorm -> activation -> Linear, with xavier-normal weights (LLM-SRec's f_* MLPs)."""
+    """Linear -> LayerNorm -> activation -> Linear, with xavier-normal weights (LLM-SRec's f_* MLPs).
 
-    def __init__(self, in_dim, hidden_dim, out_dim, activation="leaky_relu"):
+    ``norm=False`` drops the LayerNorm (LLaRA's and CoLLM's projectors have none).
+    """
+
+    def __init__(self, in_dim, hidden_dim, out_dim, activation="leaky_relu", norm=True):
         super().__init__(
             nn.Linear(in_dim, hidden_dim),
-            nn.LayerNorm(hidden_dim),
+            *([nn.LayerNorm(hidden_dim)] if norm else []),
             _ACTIVATIONS[activation](),
             nn.Linear(hidden_dim, out_dim),
         )

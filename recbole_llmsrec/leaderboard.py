@@ -1,0 +1,414 @@
+"""Leaderboard: every listed model on one dataset, with one split, seed and evaluation.
+
+    python -m recbole_llmsrec.leaderboard --dataset=ml-100k --models=SASRec,BERT4Rec,LLMSRec
+    python -m recbole_llmsrec.leaderboard --dataset=ml-100k --epochs=20 \\
+        --model_config='{"LLMSRec": {"epochs": 1, "prompt_show_dates": false}}'
+
+Each model is trained once (RecBole's trainer, early stopping on validation) and its best
+checkpoint is tested twice on the same test split: ``uni100`` (1 positive + 99 sampled negatives,
+the LLM-SRec paper's protocol; the negatives are drawn after resetting RecBole's seed, so every
+model ranks the same candidates) and full ranking. Per model it also reports warm/cold target
+items and, unless ``--shuffle_scopes=none``, the shuffled-history diagnostic
+(:mod:`recbole_llmsrec.evaluation.shuffle`).
+
+Every model runs in a process of its own: its memory (an LLM) is returned when it ends, RecBole's
+global state (seeds, logger) starts fresh, and a model that fails is reported while the others go
+on. A finished model leaves ``<results_dir>/<dataset>/runs/<Model>-<key>.json``; the key covers
+every resolved setting that changes the result (the model's and the dataset's YAML included), the
+dataset files' contents and the diagnostics asked for, so a later call with the same settings
+reads it instead of training again (``--rerun=Model`` forces a new run).
+
+Writes ``leaderboard.csv`` (model, eval_mode, ndcg@10, hit@10, ndcg@20, hit@20, train_seconds,
+trainable_params), ``leaderboard.md``, ``leaderboard.png``, ``warm_cold.csv``/``.md`` and
+``shuffle.csv``/``.md``/``.png`` in ``<results_dir>/<dataset>/``. ``train_seconds`` is the wall time of
+``Trainer.fit`` (training epochs and their validation); building the model (loading an LLM,
+training a teacher, embedding item texts) is ``setup_seconds`` in the run's JSON and the Markdown.
+
+Other ``--key=value`` flags set that config key for every model (values read as YAML, as in
+``run_hyper.py``); ``--model_config`` sets keys for single models and wins over them.
+"""
+
+import argparse
+import glob
+import hashlib
+import json
+import multiprocessing
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+
+import yaml
+
+COLUMNS = ["model", "eval_mode", "ndcg@10", "hit@10", "ndcg@20", "hit@20", "train_seconds", "trainable_params"]
+EVAL_MODES = ("uni100", "full")
+# resolved settings that do not change a result: where things are written, how much is printed
+_NOT_IN_KEY = {
+    "checkpoint_dir", "show_progress", "state", "log_wandb", "wandb_project", "save_dataset", "save_dataloaders",
+    "dataset_save_path", "dataloaders_save_path", "data_path", "llm_cache_dir", "text_emb_cache_dir",
+    "resume_checkpoint", "gpu_id", "worker", "verbose", "local_rank", "nproc", "offset", "ip", "port", "world_size",
+}
+
+
+def default_models():
+    """RecBole's SASRec and BERT4Rec, then this plugin's models."""
+    from recbole_llmsrec.utils import plugin_model_names
+
+    return ["SASRec", "BERT4Rec"] + plugin_model_names()
+
+
+def config_flags(args):
+    """``--key=value`` flags as a config dict (values read as YAML)."""
+    flags = {}
+    for flag in args:
+        if not flag.startswith("--") or "=" not in flag:
+            raise ValueError(f"unrecognised argument {flag!r}: config keys are given as --key=value")
+        key, value = flag[2:].split("=", 1)
+        flags[key] = yaml.safe_load(value)
+    return flags
+
+
+def _dataset_fingerprint(config):
+    """A hash of the dataset's atomic files (their names and contents)."""
+    folder = os.path.join(config["data_path"])
+    files = sorted(glob.glob(os.path.join(folder, f"{config['dataset']}.*")))
+    if not files:
+        raise FileNotFoundError(
+            f"dataset {config['dataset']!r} has no atomic files in {folder}; set data_path, or fetch it "
+            f"(ml-1m: python -m recbole_llmsrec.data.fetch_ml1m)"
+        )
+    digest = hashlib.sha1()
+    for path in files:
+        digest.update(os.path.basename(path).encode())
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def run_settings(model, config_dict):
+    """The resolved settings of ``model`` that change its result, and their key (12 hex digits)."""
+    from recbole_llmsrec.config import Config
+
+    config = Config(model=model, config_dict=config_dict)
+    settings = {
+        key: value for key, value in sorted(config.final_config_dict.items()) if key not in _NOT_IN_KEY
+    }
+    settings["dataset_files"] = _dataset_fingerprint(config)
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return config, json.loads(text), hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def _git_commit():
+    try:
+        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=os.path.dirname(os.path.abspath(__file__)), timeout=10)
+        return done.stdout.strip() or None
+    except OSError:
+        return None
+
+
+# ---- one model (in its own process) -----------------------------------------------------------
+
+
+def train_and_evaluate(model_name, config_dict, shuffle_scopes=()):
+    """Train ``model_name`` and test its best checkpoint in both evaluation modes; returns the
+    run's record (metrics, warm/cold, shuffle diagnostic, cost)."""
+    import torch
+    from recbole.utils import init_logger, init_seed
+
+    from recbole_llmsrec.config import Config
+    from recbole_llmsrec.evaluation.popularity import warm_cold
+    from recbole_llmsrec.evaluation.ranking import evaluate_per_user, fixed_batches, full_sort_loader
+    from recbole_llmsrec.evaluation.shuffle import shuffle_diagnostic
+    from recbole_llmsrec.quick_start import _build
+
+    config = Config(model=model_name, config_dict=config_dict)
+    if config["eval_args"]["mode"]["test"] != "uni100":
+        raise ValueError(
+            f"the leaderboard tests every model in uni100 and in full ranking itself; leave "
+            f"eval_args.mode.test at uni100 (it is {config['eval_args']['mode']['test']!r})"
+        )
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    show_progress = config["show_progress"]
+
+    start = time.perf_counter()
+    dataset, train_data, valid_data, test_data, model, trainer = _build(config)
+    setup_seconds = time.perf_counter() - start
+    epochs = []
+    train_epoch = trainer._train_epoch
+
+    def counted_train_epoch(*args, **kwargs):
+        epochs.append(1)
+        return train_epoch(*args, **kwargs)
+
+    trainer._train_epoch = counted_train_epoch
+    start = time.perf_counter()
+    _, best_valid_result = trainer.fit(train_data, valid_data, saved=True, show_progress=show_progress)
+    train_seconds = time.perf_counter() - start
+    trainer.load_model_checkpoint(trainer.saved_model_file)
+
+    # the same negatives for every model: RecBole's random state is reset before they are drawn
+    batches = fixed_batches(test_data, config["seed"], config["reproducibility"])
+    start = time.perf_counter()
+    per_user = {"uni100": evaluate_per_user(trainer, test_data, batches, show_progress=show_progress)}
+    eval_seconds = {"uni100": time.perf_counter() - start}
+    full_data = full_sort_loader(config, test_data)
+    start = time.perf_counter()
+    per_user["full"] = evaluate_per_user(trainer, full_data, show_progress=show_progress)
+    eval_seconds["full"] = time.perf_counter() - start
+
+    record = {
+        "model": model_name,
+        "dataset": config["dataset"],
+        "results": {mode: result.mean() for mode, result in per_user.items()},
+        "users": {mode: len(result) for mode, result in per_user.items()},
+        "warm_cold": {
+            mode: warm_cold(config, dataset, valid_data._dataset, test_data._dataset, result)
+            for mode, result in per_user.items()
+        },
+        "best_valid": {key: float(value) for key, value in best_valid_result.items()},
+        "train_seconds": train_seconds,
+        "setup_seconds": setup_seconds,
+        "eval_seconds": eval_seconds,
+        "epochs_run": len(epochs),
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "total_params": sum(p.numel() for p in model.parameters()),
+        "checkpoint": os.path.abspath(trainer.saved_model_file),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}, "
+                   f"{'GPU ' + torch.cuda.get_device_name() if config['use_gpu'] and torch.cuda.is_available() else 'CPU'}",
+        "commit": _git_commit(),
+    }
+    if shuffle_scopes:
+        record["shuffle"] = {
+            "uni100": shuffle_diagnostic(trainer, test_data, shuffle_scopes, batches=batches,
+                                         original=per_user["uni100"], show_progress=show_progress),
+            "full": shuffle_diagnostic(trainer, full_data, shuffle_scopes, original=per_user["full"],
+                                       similarity=False, show_progress=show_progress),
+        }
+    return record
+
+
+def _child(model_name, config_dict, shuffle_scopes, path):
+    sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value flags from sys.argv
+    record = train_and_evaluate(model_name, config_dict, shuffle_scopes)
+    record["settings_file"] = os.path.basename(path)
+    tmp = f"{path}.partial"
+    with open(tmp, "w") as f:
+        json.dump(record, f, indent=1, default=str)
+    os.replace(tmp, path)
+
+
+def run_in_process(model_name, config_dict, shuffle_scopes, path):
+    """:func:`train_and_evaluate` in a fresh process; the record is written to ``path``."""
+    process = multiprocessing.get_context("spawn").Process(
+        target=_child, args=(model_name, config_dict, tuple(shuffle_scopes), path))
+    process.start()
+    process.join()
+    if process.exitcode != 0 or not os.path.isfile(path):
+        raise RuntimeError(f"{model_name} failed (exit code {process.exitcode}); its traceback is above")
+    with open(path) as f:
+        return json.load(f)
+
+
+# ---- many models ------------------------------------------------------------------------------
+
+
+def run_models(models, common, model_config=None, shuffle_scopes=(), results_dir="results", rerun=(), log=print,
+               step=None):
+    """Train and test each of ``models`` (resuming finished ones); returns ``(records, failures)``.
+    ``log`` takes progress messages; ``step`` is called after each model."""
+    records, failures = [], {}
+    folder = os.path.join(results_dir, common["dataset"], "runs")
+    os.makedirs(folder, exist_ok=True)
+    for position, model_name in enumerate(models, start=1):
+        config_dict = {**common, **(model_config or {}).get(model_name, {})}
+        _, settings, key = run_settings(model_name, config_dict)
+        path = os.path.join(folder, f"{model_name}-{key}.json")
+        settings_path = os.path.join(folder, f"{model_name}-{key}.settings.json")
+        head = f"[{position}/{len(models)}] {model_name}"
+        if os.path.isfile(path) and model_name not in rerun:
+            with open(path) as f:
+                record = json.load(f)
+            log(f"{head}: finished before with the same settings, read from {path}")
+            records.append(record)
+            if step:
+                step()
+            continue
+        with open(settings_path, "w") as f:
+            json.dump({"model": model_name, "shuffle_scopes": list(shuffle_scopes), "settings": settings}, f, indent=1)
+        log(f"{head}: training and testing (settings {settings_path})")
+        start = time.perf_counter()
+        try:
+            record = run_in_process(model_name, config_dict, shuffle_scopes, path)
+        except RuntimeError as err:
+            failures[model_name] = str(err)
+            log(f"{head}: FAILED: {err}")
+            if step:
+                step()
+            continue
+        records.append(record)
+        if step:
+            step()
+        result = record["results"]["uni100"]
+        log(f"{head}: done in {time.perf_counter() - start:.0f} s; uni100 NDCG@10 {result['ndcg@10']:.4f}, "
+            f"full NDCG@10 {record['results']['full']['ndcg@10']:.4f}")
+    return records, failures
+
+
+def leaderboard_table(records):
+    import pandas as pd
+
+    rows = []
+    for record in records:
+        for mode in EVAL_MODES:
+            rows.append({
+                "model": record["model"], "eval_mode": mode, **{m: record["results"][mode][m] for m in COLUMNS[2:6]},
+                "train_seconds": round(record["train_seconds"], 1), "trainable_params": record["trainable_params"],
+            })
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def warm_cold_table(records):
+    import pandas as pd
+
+    rows = []
+    for record in records:
+        for mode, groups in record["warm_cold"].items():
+            for group, entry in groups.items():
+                low, high = entry.get("item_interactions") or (None, None)
+                rows.append({"model": record["model"], "eval_mode": mode, "group": group, "users": entry["users"],
+                             "item interactions": f"{low}-{high}",
+                             **{m: entry[m] for m in COLUMNS[2:6]}})
+    return pd.DataFrame(rows)
+
+
+def write_leaderboard(records, folder, title):
+    """``leaderboard.csv``/``.md``/``.png`` and ``warm_cold.csv``/``.md`` in ``folder``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    os.makedirs(folder, exist_ok=True)
+    table = leaderboard_table(records)
+    table.to_csv(os.path.join(folder, "leaderboard.csv"), index=False)
+    extra = {r["model"]: (round(r["setup_seconds"], 1), r["epochs_run"]) for r in records}
+    shown = table.assign(setup_seconds=table["model"].map(lambda m: extra[m][0]),
+                         epochs=table["model"].map(lambda m: extra[m][1]))
+    with open(os.path.join(folder, "leaderboard.md"), "w") as f:
+        f.write(f"{title}\n\n")
+        for mode in EVAL_MODES:
+            part = shown[shown["eval_mode"] == mode].sort_values("ndcg@10", ascending=False)
+            formats = [".4f" if column.startswith(("ndcg", "hit")) else ".1f" if column.endswith("seconds") else "g"
+                       for column in part.columns]
+            f.write(f"### {mode}\n\n{part.to_markdown(index=False, floatfmt=formats)}\n\n")
+    warm = warm_cold_table(records)
+    warm.to_csv(os.path.join(folder, "warm_cold.csv"), index=False)
+    with open(os.path.join(folder, "warm_cold.md"), "w") as f:
+        f.write(f"{title}\n\nTarget items split by their training interactions (warm: the most interacted "
+                f"share of the catalogue, cold: the least; see warm_item_ratio / cold_item_ratio).\n\n")
+        f.write(warm.to_markdown(index=False, floatfmt=".4f") + "\n")
+
+    fig, axes = plt.subplots(1, len(EVAL_MODES), figsize=(6 + 0.6 * len(records), 4.2), squeeze=False)
+    for ax, mode in zip(axes[0], EVAL_MODES):
+        part = table[table["eval_mode"] == mode]
+        x = np.arange(len(part))
+        for offset, metric in ((-0.2, "ndcg@10"), (0.2, "hit@10")):
+            ax.bar(x + offset, part[metric], width=0.4, label=metric.upper().replace("HIT", "HR"))
+        ax.set_xticks(x, part["model"], rotation=30, ha="right")
+        ax.set_title(mode)
+        ax.set_ylim(0, max(1e-3, float(part[["ndcg@10", "hit@10"]].to_numpy().max())) * 1.15)
+    axes[0][0].legend()
+    fig.suptitle(title.lstrip("# "))
+    fig.tight_layout()
+    fig.savefig(os.path.join(folder, "leaderboard.png"), dpi=120)
+    plt.close(fig)
+    return table
+
+
+def shuffled_training_records(original, shuffled, scope):
+    """Pairs of runs (trained on original vs shuffled sequences) as shuffle-report records."""
+    from recbole_llmsrec.evaluation.shuffle import relative_change
+
+    by_model = {record["model"]: record for record in original}
+    pairs = []
+    for record in shuffled:
+        base = by_model.get(record["model"])
+        if base is None:
+            continue
+        pairs.append({"model": record["model"], "shuffle": {
+            mode: {f"train, {scope}": {"original": base["results"][mode], "shuffled": record["results"][mode],
+                                      "change": relative_change(base["results"][mode], record["results"][mode])}}
+            for mode in EVAL_MODES}})
+    return pairs
+
+
+def leaderboard_main(argv=None, compare_shuffled_training=False):
+    from tqdm import tqdm
+
+    from recbole_llmsrec.data.shuffle import SHUFFLE_SCOPES
+    from recbole_llmsrec.evaluation.shuffle import write_shuffle_report
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", "-d", default="ml-100k")
+    parser.add_argument("--models", "-m", default=None, help="comma-separated model names (default: all)")
+    parser.add_argument("--seed", type=int, default=2020)
+    parser.add_argument("--model_config", default="{}", help='JSON: {"Model": {"key": value}} for single models')
+    parser.add_argument("--shuffle_scopes", default=",".join(SHUFFLE_SCOPES),
+                        help="shuffled-history diagnostic scopes, comma-separated; none to skip it")
+    parser.add_argument("--rerun", default="", help="comma-separated models to run again even if finished")
+    parser.add_argument("--results_dir", default="results")
+    args, unknown = parser.parse_known_args(argv)
+    flags = config_flags(unknown)
+    sys.argv = sys.argv[:1]
+    models = args.models.split(",") if args.models else default_models()
+    scopes = tuple(s for s in args.shuffle_scopes.split(",") if s and s != "none")
+    common = {"dataset": args.dataset, "seed": args.seed, **flags}
+    if compare_shuffled_training:
+        common["shuffle_mode"] = "none"
+    model_config = json.loads(args.model_config)
+    show_progress = flags.get("show_progress", True)
+    bar = tqdm(total=len(models) * (2 if compare_shuffled_training else 1), desc="Leaderboard", ncols=100,
+               disable=not show_progress)
+
+    def step():
+        bar.update(1)
+
+    rerun = args.rerun.split(",")
+    records, failures = run_models(models, common, model_config, scopes, args.results_dir, rerun, tqdm.write, step)
+    folder = os.path.join(args.results_dir, args.dataset)
+    title = f"# {args.dataset}: seed {args.seed}, settings {json.dumps(flags) if flags else 'as in properties/'}"
+    if compare_shuffled_training:
+        shuffled, more_failures = run_models(models, {**common, "shuffle_mode": "train"}, model_config, scopes,
+                                             args.results_dir, rerun, tqdm.write, step)
+        failures.update({f"{m} (shuffled training)": e for m, e in more_failures.items()})
+        from recbole_llmsrec.config import Config
+
+        scope = Config(model=models[0], config_dict={**common, **model_config.get(models[0], {})})["shuffle_scope"]
+        pairs = shuffled_training_records(records, shuffled, scope)
+        if pairs:
+            table = write_shuffle_report(pairs, folder, name="shuffle_train",
+                                         title=f"{title}\n\nTrained on shuffled vs original sequences (tested on original order)")
+            tqdm.write(table.to_string(index=False))
+    elif records:
+        table = write_leaderboard(records, folder, title)
+        tqdm.write(table.to_string(index=False))
+        if scopes:
+            write_shuffle_report(records, folder, title=f"{title}\n\nTest histories shuffled (models trained on original order)")
+    bar.close()
+    if records:
+        tqdm.write(f"wrote {folder}/")
+    if failures:
+        tqdm.write("failed: " + "; ".join(f"{model}: {err}" for model, err in failures.items()))
+        sys.exit(1)
+    return records
+
+
+if __name__ == "__main__":
+    leaderboard_main()
