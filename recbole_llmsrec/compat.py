@@ -22,14 +22,27 @@ What we do about each break, in one place:
   ``random.RandomState`` makes a ``Generator`` and whose ``str`` is ``str``.
 * ``Trainer._save_checkpoint`` writes in place, so a run killed mid-write leaves a truncated file:
   :func:`atomic_torch_save` writes to a temporary file and renames it.
+* ``Trainer.resume_checkpoint`` restores parameters and optimiser but neither the random streams
+  (the training shuffle, sampled negatives, ``uni100`` negatives) nor ``best_valid_result``, so a
+  resumed run drifts from the run it continues: checkpoints here also hold both
+  (:func:`rng_state`), and resuming puts them back.
+* Distributed runs (``nproc`` > 1) are NCCL-only in RecBole: ``Config._init_device`` asserts one
+  GPU per process and ``AbstractTrainer.__init__`` passes ``device_ids=[local_rank]`` to
+  ``DistributedDataParallel``, which DDP refuses for a CPU module. Our ``Config`` starts a gloo
+  group without GPUs, and :class:`TrustedCheckpointMixin` wraps a CPU model without device ids.
+  Every process reads the checkpoint that process 0 writes: the file name is process 0's and the
+  others wait until it is written.
 """
 
 import os
+import random
 import tempfile
 from types import SimpleNamespace
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 
 def load_recbole_checkpoint(path, map_location="cpu"):
@@ -63,12 +76,64 @@ def atomic_torch_save(obj, path):
         raise
 
 
+def rng_state(generator=None):
+    """Every random stream a training epoch draws from: Python's, numpy's, torch's (CPU and CUDA),
+    and ``generator`` (the training loader's shuffle)."""
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "generator": generator.get_state() if generator is not None else None,
+    }
+
+
+def set_rng_state(state, generator=None):
+    """Put back what :func:`rng_state` took."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    if generator is not None and state["generator"] is not None:
+        generator.set_state(state["generator"].cpu())
+
+
 class TrustedCheckpointMixin:
-    """Mixed in before any RecBole trainer class: the torch>=2.6 ``weights_only`` fix.
+    """Mixed in before any RecBole trainer class: the checkpoint and distributed fixes above.
 
     ``evaluate(load_best_model=True)`` and ``resume_checkpoint`` load the file themselves with
-    :func:`load_recbole_checkpoint`, then let RecBole do the rest unchanged.
+    :func:`load_recbole_checkpoint`, then let RecBole do the rest unchanged. Checkpoints are written
+    atomically and carry the random state, so that a resumed run continues exactly where the
+    checkpoint was written.
     """
+
+    _last_valid_result = None
+    _resume_rng = None
+    _train_generator = None
+
+    def __init__(self, config, model):
+        cpu_ddp = not config["single_spec"] and config["device"].type == "cpu"
+        if cpu_ddp:
+            # RecBole's AbstractTrainer.__init__ would give DDP a GPU id; wrap the CPU model below
+            config["single_spec"] = True
+        try:
+            super().__init__(config, model)
+        finally:
+            if cpu_ddp:
+                config["single_spec"] = False
+        if cpu_ddp:
+            self.distributed_model = DistributedDataParallel(self.model)
+        if not config["single_spec"]:
+            # every process saves to and reloads process 0's file
+            names = [self.saved_model_file]
+            dist.broadcast_object_list(names, src=0)
+            self.saved_model_file = names[0]
+
+    def sync_grad_loss(self):
+        # RecBole adds 0 * sum(p) over every parameter so that DDP sees a gradient for each; a
+        # frozen LLM needs none (and summing billions of frozen weights every step is not free)
+        return sum(param.sum() * 0 for param in self.model.parameters() if param.requires_grad)
 
     def load_model_checkpoint(self, checkpoint_file):
         checkpoint = load_recbole_checkpoint(checkpoint_file, map_location=self.device)
@@ -86,35 +151,62 @@ class TrustedCheckpointMixin:
 
     def resume_checkpoint(self, resume_file):
         resume_file = str(resume_file)
-        checkpoint = self.load_model_checkpoint(resume_file)
-        if checkpoint["config"]["model"].lower() != self.config["model"].lower():
+        checkpoint = load_recbole_checkpoint(resume_file, map_location="cpu")
+        for key in ("model", "dataset"):
+            if str(checkpoint["config"][key]).lower() != str(self.config[key]).lower():
+                raise ValueError(
+                    f"resume_checkpoint {resume_file!r} was written for {key} {checkpoint['config'][key]!r}, "
+                    f"this run is {self.config[key]!r}; point resume_checkpoint to a checkpoint of this "
+                    f"run, or leave it empty to start from scratch"
+                )
+        if checkpoint.get("optimizer") is None:
             raise ValueError(
-                f"checkpoint {resume_file!r} belongs to model {checkpoint['config']['model']}, "
-                f"not {self.config['model']}"
+                f"resume_checkpoint {resume_file!r} holds no optimiser state (a model with nothing to "
+                f"train, or a file saved without it), so training cannot continue from it"
             )
+        self.load_model_checkpoint(resume_file)
         self.saved_model_file = resume_file
         self.start_epoch = checkpoint["epoch"] + 1
         self.cur_step = checkpoint["cur_step"]
         self.best_valid_score = checkpoint["best_valid_score"]
+        self.best_valid_result = checkpoint.get("best_valid_result")
         self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self._resume_rng = checkpoint.get("rng_state")
         self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
 
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        self._train_generator = getattr(train_data, "generator", None)
+        if self._resume_rng is not None:
+            set_rng_state(self._resume_rng, self._train_generator)
+            self._resume_rng = None
+        return super().fit(train_data, valid_data, verbose=verbose, saved=saved,
+                           show_progress=show_progress, callback_fn=callback_fn)
+
+    def _valid_epoch(self, valid_data, show_progress=False):
+        # RecBole saves the checkpoint of a new best before it records best_valid_result
+        valid_score, self._last_valid_result = super()._valid_epoch(valid_data, show_progress=show_progress)
+        return valid_score, self._last_valid_result
+
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
-        if not self.config["single_spec"] and self.config["local_rank"] != 0:
-            return
+        distributed = not self.config["single_spec"]
         saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
-        state = {
-            "config": self.config,
-            "epoch": epoch,
-            "cur_step": self.cur_step,
-            "best_valid_score": self.best_valid_score,
-            "state_dict": self.checkpoint_state_dict(),
-            "other_parameter": self.model.other_parameter(),
-            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
-        }
-        atomic_torch_save(state, saved_model_file)
-        if verbose:
-            self.logger.info(f"Saving current: {saved_model_file}")
+        if not distributed or self.config["local_rank"] == 0:
+            state = {
+                "config": self.config,
+                "epoch": epoch,
+                "cur_step": self.cur_step,
+                "best_valid_score": self.best_valid_score,
+                "best_valid_result": self._last_valid_result if self._last_valid_result is not None else self.best_valid_result,
+                "state_dict": self.checkpoint_state_dict(),
+                "other_parameter": self.model.other_parameter(),
+                "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+                "rng_state": rng_state(self._train_generator),
+            }
+            atomic_torch_save(state, saved_model_file)
+            if verbose:
+                self.logger.info(f"Saving current: {saved_model_file}")
+        if distributed:
+            dist.barrier()  # the other processes reload this file later
 
     def checkpoint_state_dict(self):
         return self.model.state_dict()

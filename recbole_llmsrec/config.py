@@ -59,6 +59,37 @@ class Config(RecBoleConfig):
             self.final_config_dict["eval_args"] = {**internal, **external}
         super()._set_default_parameters()
 
+    def _init_device(self):
+        final = self.final_config_dict
+        if "local_rank" not in final:
+            return super()._init_device()
+        # one process of a distributed run (quick_start.run with nproc > 1). RecBole's own path
+        # is NCCL with one GPU per process; without GPUs, the processes share the CPU over gloo.
+        gpu_id = final["gpu_id"]
+        gpu_id = ",".join(map(str, gpu_id)) if isinstance(gpu_id, (tuple, list)) else str(gpu_id)
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu_id
+        import torch
+
+        if final["use_gpu"] and gpu_id and torch.cuda.is_available():
+            if torch.cuda.device_count() < final["nproc"]:
+                raise ValueError(
+                    f"nproc={final['nproc']} needs one GPU per process but gpu_id={gpu_id!r} gives "
+                    f"{torch.cuda.device_count()}; list more GPUs in gpu_id (e.g. --gpu_id=0,1) or lower nproc"
+                )
+            return super()._init_device()
+        final["gpu_id"] = gpu_id
+        rank = final["local_rank"] + final["offset"]
+        torch.distributed.init_process_group(
+            backend="gloo", rank=rank, world_size=final["world_size"],
+            init_method=f"tcp://{final['ip']}:{final['port']}",
+        )
+        final["device"] = torch.device("cpu")
+        final["single_spec"] = False
+        if final["local_rank"] != 0:
+            final["state"] = "error"
+            final["show_progress"] = False
+            final["verbose"] = False
+
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)
         # a plugin model that extends a RecBole model (LLM2SASRec is a SASRec) starts from that

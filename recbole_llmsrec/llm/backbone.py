@@ -107,13 +107,42 @@ def resolve_llm_path(llm_path, cache_dir=None):
     return llm_path  # a hub id
 
 
-def load_causal_lm(llm_path, dtype="float32", device="cpu", cache_dir=None):
-    """Load a causal LM and its tokenizer, frozen and in eval mode."""
+QUANTIZATIONS = ("8bit", "4bit")
+
+
+def quantization_config(quantization, dtype, device):
+    """The transformers ``BitsAndBytesConfig`` for ``llm_quantization`` (8bit or 4bit), or None."""
+    if not quantization:
+        return None
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"llm_quantization must be one of {QUANTIZATIONS} or empty, not {quantization!r}")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ImportError(
+            f"llm_quantization={quantization} loads the LLM with bitsandbytes, which is not installed: "
+            f"pip install bitsandbytes (needs a CUDA GPU), or leave llm_quantization empty and lower "
+            f"memory with llm_dtype: bfloat16"
+        )
+    if torch.device(device).type != "cuda":
+        raise ValueError(
+            f"llm_quantization={quantization} needs a CUDA GPU (bitsandbytes), but this run is on "
+            f"{device}; run on a GPU (--gpu_id=0) or leave llm_quantization empty"
+        )
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    compute = DTYPES.get(dtype, torch.bfloat16)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
+
+
+def load_causal_lm(llm_path, dtype="float32", device="cpu", cache_dir=None, quantization=None):
+    """Load a causal LM and its tokenizer, frozen and in eval mode (quantised: ``8bit``/``4bit``)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    location = resolve_llm_path(llm_path, cache_dir)
     if dtype not in DTYPES and dtype != "auto":
         raise ValueError(f"llm_dtype must be one of {sorted(DTYPES)} or auto, not {dtype!r}")
+    quantized = quantization_config(quantization, dtype, device)
+    location = resolve_llm_path(llm_path, cache_dir)
     try:
         config = AutoConfig.from_pretrained(location)
     except OSError as err:
@@ -131,14 +160,15 @@ def load_causal_lm(llm_path, dtype="float32", device="cpu", cache_dir=None):
         and not any(arch.endswith(_CAUSAL_ARCHITECTURES) for arch in config.architectures)
     ):
         raise not_causal
+    # bitsandbytes places the weights while loading them; a quantised model cannot be moved after
+    placement = {"quantization_config": quantized, "device_map": {"": torch.device(device)}} if quantized else {"device_map": None}
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            location, dtype=DTYPES.get(dtype, "auto"), device_map=None
-        )
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=DTYPES.get(dtype, "auto"), **placement)
     except ValueError as err:
         raise not_causal from err
     tokenizer = AutoTokenizer.from_pretrained(location)
-    model.to(device)
+    if not quantized:
+        model.to(device)
     model.requires_grad_(False)
     model.eval()
     return model, tokenizer
@@ -223,6 +253,7 @@ class LLMBackbone(nn.Module):
             dtype=config["llm_dtype"],
             device=config["device"],
             cache_dir=config["llm_cache_dir"],
+            quantization=config["llm_quantization"],
         )
         backbone = cls(model, tokenizer, gradient_checkpointing=config["llm_gradient_checkpointing"])
         if lora:
@@ -255,6 +286,16 @@ class LLMBackbone(nn.Module):
         weight = self.model.get_input_embeddings().weight.float()
         return weight.mean().item(), weight.std().item()
 
+    def check_length(self, length):
+        """Refuse prompts longer than the LLM's context window (positions past it are untrained)."""
+        window = getattr(self.model.config, "max_position_embeddings", None)
+        if window is not None and length > window:
+            raise ValueError(
+                f"a prompt of {length} tokens is longer than the LLM's context window ({window} tokens, "
+                f"max_position_embeddings); lower prompt_history_len or item_text_max_tokens, or use an "
+                f"LLM with a longer context"
+            )
+
     def embed(self, input_ids, soft_tokens):
         """Input embeddings of ``input_ids`` with the soft tokens (``{token_id: vectors}``) written in."""
         inputs_embeds = self.model.get_input_embeddings()(input_ids)
@@ -263,6 +304,7 @@ class LLMBackbone(nn.Module):
         return inputs_embeds
 
     def encode(self, input_ids, attention_mask, soft_tokens):
+        self.check_length(input_ids.shape[1])
         inputs_embeds = self.embed(input_ids, soft_tokens)
         # the decoder alone: no LM head, so no [batch, length, vocab] logits are computed
         outputs = self.model.get_decoder()(inputs_embeds=inputs_embeds, attention_mask=attention_mask)

@@ -155,8 +155,18 @@ class PromptBuilder:
         self.bos = with_specials[: len(with_specials) - len(without)] if with_specials[-len(without):] == without else []
         quoted = [f'"{text}"' for text in item_texts]
         encoded = tokenizer(quoted, add_special_tokens=False).input_ids
-        self.item_tokens = [ids[:max_item_tokens] + ids[-1:] if len(ids) > max_item_tokens + 1 else ids for ids in encoded]
+        self.item_tokens = [self._cut(ids, max_item_tokens) for ids in encoded]
         self._item_prompts = {}
+
+    def _cut(self, ids, limit):
+        """A quoted title's first ``limit`` tokens and its closing quote, never ending in half a
+        character (byte-level tokenizers split non-ASCII characters over several tokens)."""
+        if len(ids) <= limit + 1:
+            return ids
+        kept = ids[:limit]
+        while kept and self.tokenizer.decode(kept).endswith("\ufffd"):
+            kept = kept[:-1]
+        return kept + ids[-1:]
 
     @lru_cache(maxsize=None)
     def piece(self, text):

@@ -34,11 +34,12 @@ class LLMSRec(LLMRetrievalMixin, SequentialRecommender):
         self.lambda_uniform = config["lambda_uniform"]
         self.teacher_train_mode = config["teacher_train_mode"]
 
+        item_text = read_item_text(config, dataset)  # first: bad text settings fail before any training
         self.teacher = load_teacher(config, dataset)
         self.llm = LLMBackbone.from_config(config)
         self.prompts = PromptBuilder(
             self.llm.tokenizer,
-            read_item_text(config, dataset),
+            item_text,
             max_item_tokens=config["item_text_max_tokens"],
             timestamp_unit=config["timestamp_unit"],
         )
