@@ -170,6 +170,21 @@ def label_loss(model, inputs_embeds, attention_mask, labels):
     return F.cross_entropy(logits, targets[scored])
 
 
+def shuffled_candidates(target, negatives):
+    """Each row's target among its negatives (``[B]``, ``[B, n]``), in a random order: ``[B, 1 + n]`` ids."""
+    candidates = torch.cat([target.unsqueeze(1), negatives], 1)
+    order = torch.argsort(torch.rand(candidates.shape, device=candidates.device), dim=1)
+    return torch.gather(candidates, 1, order)
+
+
+def answer_labels(prompts, answers, width, device):
+    """Labels of right-padded ``prompt + answer`` rows: the answer's ids, -100 on prompt and padding."""
+    labels = torch.full((len(prompts), width), -100, dtype=torch.long, device=device)
+    for row, (prompt, answer) in enumerate(zip(prompts, answers)):
+        labels[row, len(prompt) : len(prompt) + len(answer)] = torch.tensor(answer, device=device)
+    return labels
+
+
 def seeded_generator(seed, key):
     """A CPU generator for one (seed, key) pair, e.g. one user: the same draw in every evaluation."""
     return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(key))

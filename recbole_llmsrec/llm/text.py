@@ -199,6 +199,15 @@ class PromptBuilder:
         ids.append(self.user_out_id)
         return ids
 
+    def title_list(self, items, markers=True):
+        """Token ids of the quoted titles of ``items``, comma-separated, each followed by a
+        ``[HistoryEmb]`` placeholder when ``markers``."""
+        ids = []
+        for k, item in enumerate(items):
+            ids += (list(self.piece(", ")) if k else []) + self.item_tokens[item]
+            ids += [self.history_emb_id] if markers else []
+        return ids
+
     def item_prompt(self, item):
         """Token ids of the prompt that represents one item (cached)."""
         cached = self._item_prompts.get(item)

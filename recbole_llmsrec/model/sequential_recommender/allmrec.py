@@ -29,6 +29,7 @@ from torch.nn import functional as F
 
 from recbole_llmsrec.llm.backbone import LLMBackbone
 from recbole_llmsrec.llm.encoder import item_text_embeddings
+from recbole_llmsrec.llm.scoring import answer_labels, label_loss, shuffled_candidates
 from recbole_llmsrec.llm.text import PromptBuilder, history_windows, read_item_text
 from recbole_llmsrec.model.layers import ProjectionMLP
 from recbole_llmsrec.model.retrieval import LLMRetrievalMixin
@@ -107,7 +108,6 @@ class ALLMRec(LLMRetrievalMixin, SequentialRecommender):
         self.user_intro = list(self.prompts.piece(self.USER_INTRO.format(noun=noun)))
         self.candidates_intro = list(self.prompts.piece(self.CANDIDATES.format(noun=noun)))
         self.answer_cue = list(self.prompts.piece(self.ANSWER.format(noun=noun)))
-        self.comma = list(self.prompts.piece(", "))
 
     # ---- stages (driven by StagedTrainer) -------------------------------------------------------
 
@@ -159,7 +159,10 @@ class ALLMRec(LLMRetrievalMixin, SequentialRecommender):
         return matching, item_reconstruction, text_reconstruction, recommendation
 
     def _stage1_user_and_items(self, interaction):
-        user_state = self.teacher(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        """Teacher user states per row (each distinct history once: uniN repeats it N+1 times) and decoded items."""
+        item_seq, item_seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
+        histories, inverse = torch.unique(torch.cat([item_seq_len.unsqueeze(1), item_seq], 1), dim=0, return_inverse=True)
+        user_state = self.teacher(histories[:, 1:], histories[:, 0])[inverse]
         all_items = self.item_autoencoder(self.teacher.item_embedding.weight)[1]
         return user_state, all_items
 
@@ -173,10 +176,7 @@ class ALLMRec(LLMRetrievalMixin, SequentialRecommender):
 
     def _titles(self, items):
         """Quoted titles, each followed by its item's soft-token placeholder, comma separated."""
-        ids = []
-        for k, item in enumerate(items):
-            ids += (self.comma if k else []) + self.prompts.item_tokens[item] + [self.prompts.history_emb_id]
-        return ids
+        return self.prompts.title_list(items)
 
     def answer(self, item):
         return self.prompts.item_tokens[item] + [self.eos_id]
@@ -195,27 +195,16 @@ class ALLMRec(LLMRetrievalMixin, SequentialRecommender):
         """Causal-LM cross-entropy on the target's title (and EOS) after the candidate-list prompt."""
         item_seq, item_seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
         target = interaction[self.POS_ITEM_ID]
-        candidates = torch.cat([target.unsqueeze(1), self.sample_negatives(item_seq, target, self.num_candidates - 1)], 1)
-        order = torch.argsort(torch.rand(candidates.shape, device=candidates.device), dim=1)
-        candidates = torch.gather(candidates, 1, order).tolist()
+        negatives = self.sample_negatives(item_seq, target, self.num_candidates - 1)
+        candidates = shuffled_candidates(target, negatives).tolist()
         windows, _ = history_windows(item_seq, item_seq_len, self.prompt_history_len)
-        sequences, labels, soft_items = [], [], []
-        for history, cands, item in zip(windows, candidates, target.tolist()):
-            prompt, items = self.listwise_prompt(history, cands)
-            answer = self.answer(item)
-            sequences.append(prompt + answer)
-            labels.append([-100] * len(prompt) + answer)
-            soft_items += items
-        embeds, attention_mask = self._prompt_embeds(sequences, soft_items, item_seq, item_seq_len)
-        label_ids = torch.full(attention_mask.shape, -100, dtype=torch.long, device=embeds.device)
-        for row, row_labels in enumerate(labels):
-            label_ids[row, : len(row_labels)] = torch.tensor(row_labels, device=embeds.device)
-        hidden = self.llm.model.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
-        # logits only where a title token is predicted, not over the whole prompt
-        targets = label_ids[:, 1:]
-        answer = targets != -100
-        logits = self.llm.model.get_output_embeddings()(hidden[:, :-1][answer]).float()
-        return F.cross_entropy(logits, targets[answer])
+        prompts, soft_items = zip(*(self.listwise_prompt(h, c) for h, c in zip(windows, candidates)))
+        answers = [self.answer(item) for item in target.tolist()]
+        sequences = [prompt + answer for prompt, answer in zip(prompts, answers)]
+        flat_items = [item for items in soft_items for item in items]
+        embeds, attention_mask = self._prompt_embeds(sequences, flat_items, item_seq, item_seq_len)
+        labels = answer_labels(prompts, answers, attention_mask.shape[1], embeds.device)
+        return label_loss(self.llm.model, embeds, attention_mask, labels)
 
     def _user_generator(self, user):
         return torch.Generator().manual_seed(self.seed * 1_000_003 + int(user))

@@ -28,11 +28,13 @@ from recbole.utils import InputType
 
 from recbole_llmsrec.llm.backbone import LLMBackbone
 from recbole_llmsrec.llm.scoring import (
+    answer_labels,
     break_ties,
     continuation_logprobs,
     label_loss,
     naive_continuation_logprobs,
     seeded_generator,
+    shuffled_candidates,
 )
 from recbole_llmsrec.llm.text import PromptBuilder, history_windows, read_item_text
 from recbole_llmsrec.model.layers import ProjectionMLP
@@ -73,7 +75,6 @@ class LLaRA(LLMRetrievalMixin, SequentialRecommender):
         self.history_intro = list(self.prompts.bos) + list(self.prompts.piece(self.HISTORY.format(noun=noun)))
         self.candidates_intro = list(self.prompts.piece(self.CANDIDATES.format(noun=noun)))
         self.answer_cue = list(self.prompts.piece(self.ANSWER_CUE))
-        self.comma = list(self.prompts.piece(", "))
         self.terminator = list(self.prompts.piece("\n"))
         # share of hybrid training batches, set by LLaRATrainer before each batch (1: always hybrid)
         self.curriculum_progress = 1.0
@@ -104,12 +105,8 @@ class LLaRA(LLMRetrievalMixin, SequentialRecommender):
 
     def listwise_prompt(self, history, candidates):
         """Token ids of the prompt, and the items of its placeholders in order (history, then candidates)."""
-        ids = list(self.history_intro)
-        for k, item in enumerate(history):
-            ids += (self.comma if k else []) + self.prompts.item_tokens[item] + [self.prompts.history_emb_id]
-        ids += self.candidates_intro
-        for k, item in enumerate(candidates):
-            ids += (self.comma if k else []) + self.prompts.item_tokens[item] + [self.prompts.history_emb_id]
+        ids = self.history_intro + self.prompts.title_list(history) + self.candidates_intro
+        ids += self.prompts.title_list(candidates)
         return ids + self.answer_cue, list(history) + list(candidates)
 
     def answer(self, item):
@@ -128,22 +125,13 @@ class LLaRA(LLMRetrievalMixin, SequentialRecommender):
         item_seq, item_seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
         target = interaction[self.POS_ITEM_ID]
         negatives = self.sample_negatives(item_seq, target, self.prompt_candidates - 1)
-        candidates = torch.cat([target.unsqueeze(1), negatives], 1)
-        order = torch.argsort(torch.rand(candidates.shape, device=candidates.device), dim=1)
-        candidates = torch.gather(candidates, 1, order).tolist()
+        candidates = shuffled_candidates(target, negatives).tolist()
         windows, _ = history_windows(item_seq, item_seq_len, self.prompt_history_len)
-        sequences, labels, soft_items = [], [], []
-        for history, cands, item in zip(windows, candidates, target.tolist()):
-            prompt, items = self.listwise_prompt(history, cands)
-            answer = self.answer(item)
-            sequences.append(prompt + answer)
-            labels.append([-100] * len(prompt) + answer)
-            soft_items += items
-        embeds, mask = self.embed_prompts(sequences, soft_items, target.device)
-        label_ids = torch.full(mask.shape, -100, dtype=torch.long, device=target.device)
-        for row, row_labels in enumerate(labels):
-            label_ids[row, : len(row_labels)] = torch.tensor(row_labels, device=target.device)
-        return label_loss(self.llm.model, embeds, mask, label_ids)
+        prompts, soft_items = zip(*(self.listwise_prompt(h, c) for h, c in zip(windows, candidates)))
+        answers = [self.answer(item) for item in target.tolist()]
+        sequences = [prompt + answer for prompt, answer in zip(prompts, answers)]
+        embeds, mask = self.embed_prompts(sequences, [item for items in soft_items for item in items], target.device)
+        return label_loss(self.llm.model, embeds, mask, answer_labels(prompts, answers, mask.shape[1], target.device))
 
     # ---- native scoring ----------------------------------------------------------------------------
 

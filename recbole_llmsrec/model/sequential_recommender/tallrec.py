@@ -70,7 +70,6 @@ class TALLRec(LLMRetrievalMixin, SequentialRecommender):
         self.prompts = self.prompt_builder(config, soft_tokens=False)
         noun = config["item_noun"]
         self.instruction = list(self.prompts.bos) + list(self.prompts.piece(self.INSTRUCTION.format(noun=noun)))
-        self.comma = list(self.prompts.piece(", "))
         self.liked_end = list(self.prompts.piece(self.LIKED_END))
         self.question = list(self.prompts.piece(self.QUESTION.format(noun=noun)))
         self.answer_cue = list(self.prompts.piece(self.ANSWER_CUE))
@@ -92,10 +91,7 @@ class TALLRec(LLMRetrievalMixin, SequentialRecommender):
 
     def yes_no_prefix(self, history):
         """Token ids of the instruction and the liked titles (shared by all of a user's candidates)."""
-        ids = list(self.instruction)
-        for k, item in enumerate(history):
-            ids += (self.comma if k else []) + self.prompts.item_tokens[item]
-        return ids + self.liked_end
+        return self.instruction + self.prompts.title_list(history, markers=False) + self.liked_end
 
     def yes_no_suffix(self, item):
         """Token ids of the question about one candidate, up to the answer position."""
