@@ -69,8 +69,23 @@ def run_model(model_name, config_dict, queue):
     results["full"] = dict(full_trainer.evaluate(full_test_data, load_best_model=False))
     eval_seconds["full"] = time.perf_counter() - start
 
+    # staged models (A-LLMRec): epoch times, losses and trainable parameters per stage, in stage order
+    stages, done = {}, 0
+    for stage, losses in getattr(trainer, "stage_train_loss", {}).items():
+        seconds = epoch_seconds[done : done + len(losses)]
+        done += len(losses)
+        stages[stage] = {
+            "epochs_run": len(seconds),
+            "train_seconds_per_epoch": statistics.median(seconds) if seconds else None,
+            "train_seconds_per_epoch_all": seconds,
+            "train_loss_by_epoch": [float(losses[e]) for e in sorted(losses)],
+            "trainable_params": sum(p.numel() for name, p in model.named_parameters()
+                                    if name.startswith(model.training_stages[stage])),
+        }
+
     queue.put({
         "model": model_name,
+        **({"stages": stages} if stages else {}),
         "metrics": {mode: {m: float(res[m]) for m in METRICS} for mode, res in results.items()},
         "best_valid": {k: float(v) for k, v in best_valid_result.items()},
         "epochs_run": len(epoch_seconds),
@@ -88,10 +103,12 @@ def run_model(model_name, config_dict, queue):
     })
 
 
-def run_in_child(model_name, config_dict):
+def run_in_child(model_name, config_dict, target=None, *args):
+    """``target(model_name, config_dict, *args, queue)`` (default :func:`run_model`) in a child process;
+    returns what it puts on the queue. ``target`` must be importable (a module-level function)."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=run_model, args=(model_name, config_dict, queue))
+    process = context.Process(target=target or run_model, args=(model_name, config_dict, *args, queue))
     process.start()
     while True:
         try:

@@ -173,7 +173,20 @@ def test_generate_text_answers_from_the_aligned_user_vector(allmrec_config):
         model.generate_text([], "Which genres?")
 
 
-def test_runs_through_quick_start(allmrec_config):
+def test_runs_through_quick_start_and_answers_from_the_command_line(allmrec_config, capsys):
     result = run_recbole_llmsrec(model="ALLMRec", config_dict={**allmrec_config, "epochs": 1, "allmrec_stage1_epochs": 1})
     assert result["saved_model_file"].endswith("-stage2.pth") and os.path.isfile(result["saved_model_file"])
     assert 0.0 <= result["test_result"]["ndcg@10"] <= 1.0
+
+    # the command line answers about a saved model's user, by user id or by items
+    from recbole_llmsrec.generate import describe, load_trained_model, main, user_history
+
+    model, dataset = load_trained_model(result["saved_model_file"])
+    history = user_history(dataset, "1")
+    assert len(history) == int((dataset.inter_feat["user_id"] == dataset.token2id("user_id", "1")).sum()) > 0
+    by_user = describe(result["saved_model_file"], "Which genres?", user="1", max_new_tokens=4)
+    assert by_user == model.generate_text(history, "Which genres?", max_new_tokens=4)
+    main(["--model_file", result["saved_model_file"], "--items", "1,2,3", "--max_new_tokens", "3"])
+    assert capsys.readouterr().out.endswith("\n")
+    with pytest.raises(ValueError, match="not in dataset"):
+        describe(result["saved_model_file"], "Which genres?", user="no-such-user")
