@@ -1,0 +1,106 @@
+"""TALLRec, CoLLM and LLaRA on one dataset, with the split, seed, backbone and SASRec teacher of the
+LLMSRec benchmark (``llmsrec_vs_sasrec.py``).
+
+Each model is trained with ``scoring: retrieval`` (the form the leaderboard and the LLM-SRec paper
+use) and tested with ``uni100`` and full ranking. Then, for ``scoring: native``, the same test
+users' candidates are scored twice side by side in one process, once with the prompt prefix's
+KV cache shared by all candidates and once with one full prompt per candidate, user by user
+(alternating which goes first); the report gives both times, the speed-up and the largest score
+difference. Each model runs in its own processes.
+
+    python benchmarks/baselines.py --dataset=ml-100k --teacher_checkpoint=benchmarks/runs/saved/SASRec-....pth \\
+        --epochs=1 --native_users=10 --baselines_config='{"prompt_show_dates": false, "learning_rate": 0.001}'
+
+Writes ``benchmarks/results/baselines_<dataset>.json``: per model the metrics, time per epoch
+(per step for CoLLM), trainable parameters, and the native scoring timings.
+"""
+
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import REPO, parser, report_head, run_in_child, start  # noqa: E402
+
+MODELS = ("TALLRec", "CoLLM", "LLaRA")
+
+
+def native_scoring_speed(model_name, config_dict, users, queue):
+    """Time cached and naive native scoring of the first ``users`` test users (runs in a child process)."""
+    import torch
+    from recbole.utils import init_logger, init_seed
+
+    from recbole_llmsrec.config import Config
+    from recbole_llmsrec.quick_start import _build
+
+    config = Config(model=model_name, config_dict={**config_dict, "scoring": "native"})
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    _, _, _, test_data, model, _ = _build(config)
+    model.eval()
+    interaction = next(iter(test_data))[0]
+    user_ids = interaction[model.USER_ID]
+    blocks = torch.unique_consecutive(user_ids, return_counts=True)[1].tolist()[:users]
+    timings = {"cached": [], "naive": []}
+    largest_difference, start = 0.0, 0
+    with torch.no_grad():
+        for k, size in enumerate(blocks):
+            rows = interaction[torch.arange(start, start + size)]
+            start += size
+            scores = {}
+            for cached in ((True, False) if k % 2 == 0 else (False, True)):
+                began = time.perf_counter()
+                scores[cached] = model.native_predict(rows, cached=cached)
+                timings["cached" if cached else "naive"].append(time.perf_counter() - began)
+            largest_difference = max(largest_difference, float((scores[True] - scores[False]).abs().max()))
+    cached_total, naive_total = sum(timings["cached"]), sum(timings["naive"])
+    queue.put({
+        "users": len(blocks),
+        "candidates_per_user": statistics.mean(blocks),
+        "cached_seconds": cached_total,
+        "naive_seconds": naive_total,
+        "speedup": naive_total / cached_total,
+        "cached_seconds_per_user": timings["cached"],
+        "naive_seconds_per_user": timings["naive"],
+        "max_abs_score_difference": largest_difference,
+        "chunk_size": config["llm_batch_size"],
+        "torch_threads": torch.get_num_threads(),
+    })
+
+
+def main():
+    flags = parser(__doc__)
+    flags.add_argument("--teacher_checkpoint", default=None,
+                       help="the SASRec teacher LLMSRec was benchmarked with (empty: train one and cache it)")
+    flags.add_argument("--epochs", type=int, default=1, help="retrieval training epochs per model (per step for CoLLM)")
+    flags.add_argument("--native_users", type=int, default=10, help="test users for the cached vs naive timing")
+    flags.add_argument("--models", default=",".join(MODELS))
+    flags.add_argument("--llm_path", default="smollm2-135m")
+    flags.add_argument("--baselines_config", default="{}", help="JSON dict of config overrides for the three models")
+    args = flags.parse_args()
+    teacher = os.path.abspath(args.teacher_checkpoint) if args.teacher_checkpoint else None
+    common = start(args)
+    overrides = json.loads(args.baselines_config)
+    shared = {**common, "llm_path": args.llm_path, "teacher_checkpoint": teacher, **overrides}
+
+    report = report_head(args, "baselines.py", [
+        f"--teacher_checkpoint={args.teacher_checkpoint}", f"--epochs={args.epochs}",
+        f"--native_users={args.native_users}", f"--models={args.models}", f"--llm_path={args.llm_path}",
+        f"--baselines_config='{args.baselines_config}'"])
+    report.update(baselines_overrides=overrides, teacher_checkpoint=args.teacher_checkpoint)
+    out = args.out or os.path.join(REPO, "benchmarks", "results", f"baselines_{args.dataset}.json")
+    for name in args.models.split(","):
+        epochs = {"epochs": args.epochs, "collm_lora_epochs": args.epochs} if name == "CoLLM" else {"epochs": args.epochs}
+        result = run_in_child(name, {**shared, **epochs, "scoring": "retrieval"})
+        result["native_scoring"] = run_in_child(name, shared, native_scoring_speed, args.native_users)
+        print(json.dumps(result, indent=1), flush=True)
+        report["models"][name] = result
+        with open(out, "w") as f:  # after every model, so a stopped run keeps what it measured
+            json.dump(report, f, indent=1)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
