@@ -88,8 +88,8 @@ def _dataset_fingerprint(config):
     return digest.hexdigest()
 
 
-def run_settings(model, config_dict):
-    """The resolved settings of ``model`` that change its result, and their key (12 hex digits)."""
+def run_settings(model, config_dict, shuffle_scopes=()):
+    """The resolved settings of ``model`` that change its record, and their key (12 hex digits)."""
     from recbole_llmsrec.config import Config
 
     config = Config(model=model, config_dict=config_dict)
@@ -97,6 +97,7 @@ def run_settings(model, config_dict):
         key: value for key, value in sorted(config.final_config_dict.items()) if key not in _NOT_IN_KEY
     }
     settings["dataset_files"] = _dataset_fingerprint(config)
+    settings["shuffle_diagnostic_scopes"] = list(shuffle_scopes)
     text = json.dumps(settings, sort_keys=True, default=str)
     return config, json.loads(text), hashlib.sha1(text.encode()).hexdigest()[:12]
 
@@ -227,7 +228,7 @@ def run_models(models, common, model_config=None, shuffle_scopes=(), results_dir
     os.makedirs(folder, exist_ok=True)
     for position, model_name in enumerate(models, start=1):
         config_dict = {**common, **(model_config or {}).get(model_name, {})}
-        _, settings, key = run_settings(model_name, config_dict)
+        _, settings, key = run_settings(model_name, config_dict, shuffle_scopes)
         path = os.path.join(folder, f"{model_name}-{key}.json")
         settings_path = os.path.join(folder, f"{model_name}-{key}.settings.json")
         head = f"[{position}/{len(models)}] {model_name}"
@@ -240,7 +241,7 @@ def run_models(models, common, model_config=None, shuffle_scopes=(), results_dir
                 step()
             continue
         with open(settings_path, "w") as f:
-            json.dump({"model": model_name, "shuffle_scopes": list(shuffle_scopes), "settings": settings}, f, indent=1)
+            json.dump({"model": model_name, "settings": settings}, f, indent=1)
         log(f"{head}: training and testing (settings {settings_path})")
         start = time.perf_counter()
         try:
