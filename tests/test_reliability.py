@@ -247,3 +247,33 @@ def test_same_seed_same_metrics(tiny_config_dict, tiny_encoder_path, model):
     assert first["test_result"] == second["test_result"]
     assert first["best_valid_result"] == second["best_valid_result"]
     assert 0.0 < first["test_result"]["hit@20"] <= 1.0
+
+
+# ---- large LLMs ---------------------------------------------------------------------------------
+
+
+def test_gradient_checkpointing_recomputes_in_backward_with_the_same_gradients(tiny_llm_path, monkeypatch):
+    from transformers.models.llama import modeling_llama
+
+    from recbole_llmsrec.llm.backbone import LLMBackbone, load_causal_lm
+
+    mlp_calls = []
+    mlp_forward = modeling_llama.LlamaMLP.forward
+    monkeypatch.setattr(modeling_llama.LlamaMLP, "forward", lambda self, x: mlp_calls.append(1) or mlp_forward(self, x))
+    torch.manual_seed(0)
+    ids = torch.randint(5, 100, (3, 12))
+    mask = torch.ones_like(ids)
+    mask[2, 8:] = 0
+    grads, calls = [], []
+    for checkpointing in (False, True):
+        backbone = LLMBackbone(*load_causal_lm(tiny_llm_path), gradient_checkpointing=checkpointing)
+        backbone.train()  # the recommender trains; the LLM keeps its dropout off
+        assert not any(m.training for m in backbone.model.modules() if "Dropout" in type(m).__name__)
+        mlp_calls.clear()
+        inputs = backbone.model.get_input_embeddings()(ids).detach().requires_grad_(True)
+        hidden = backbone.model.get_decoder()(inputs_embeds=inputs, attention_mask=mask).last_hidden_state
+        (hidden * torch.arange(hidden.shape[-1])).sum().backward()
+        grads.append(inputs.grad)
+        calls.append(len(mlp_calls))
+    assert calls == [2, 4]  # two layers; with checkpointing each runs again in backward
+    assert torch.allclose(grads[0], grads[1], atol=1e-5)

@@ -279,6 +279,10 @@ class LLMBackbone(nn.Module):
             for name, module in self.model.named_modules():
                 if name.endswith("lora_dropout"):
                     module.train(True)
+                # transformers recomputes a checkpointed layer in backward only in training mode:
+                # flag those layers alone (not recursively), so that their dropout stays off
+                if getattr(module, "gradient_checkpointing", False):
+                    module.training = True
         return self
 
     def token_embedding_stats(self):
