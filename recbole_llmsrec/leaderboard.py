@@ -151,6 +151,10 @@ def train_and_evaluate(model_name, config_dict, shuffle_scopes=()):
     _, best_valid_result = trainer.fit(train_data, valid_data, saved=True, show_progress=show_progress)
     train_seconds = time.perf_counter() - start
     trainer.load_model_checkpoint(trainer.saved_model_file)
+    # what training changed: a staged trainer's checkpoint names every stage's parameters, while
+    # requires_grad only flags the last stage's
+    named = getattr(trainer, "checkpoint_parameter_names", None)
+    trained = named() if named else {name for name, p in model.named_parameters() if p.requires_grad}
 
     # the same negatives for every model: RecBole's random state is reset before they are drawn
     batches = fixed_batches(test_data, config["seed"], config["reproducibility"])
@@ -171,12 +175,12 @@ def train_and_evaluate(model_name, config_dict, shuffle_scopes=()):
             mode: warm_cold(config, dataset, valid_data._dataset, test_data._dataset, result)
             for mode, result in per_user.items()
         },
-        "best_valid": {key: float(value) for key, value in best_valid_result.items()},
+        "best_valid": {key: float(value) for key, value in (best_valid_result or {}).items()},
         "train_seconds": train_seconds,
         "setup_seconds": setup_seconds,
         "eval_seconds": eval_seconds,
         "epochs_run": len(epochs),
-        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "trainable_params": sum(p.numel() for name, p in model.named_parameters() if name in trained),
         "total_params": sum(p.numel() for p in model.parameters()),
         "checkpoint": os.path.abspath(trainer.saved_model_file),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -356,7 +360,8 @@ def leaderboard_main(argv=None, compare_shuffled_training=False):
     from recbole_llmsrec.data.shuffle import SHUFFLE_SCOPES
     from recbole_llmsrec.evaluation.shuffle import write_shuffle_report
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)  # --shuffle_scope (a config key) is not --shuffle_scopes
     parser.add_argument("--dataset", "-d", default="ml-100k")
     parser.add_argument("--models", "-m", default=None, help="comma-separated model names (default: all)")
     parser.add_argument("--seed", type=int, default=2020)

@@ -260,7 +260,8 @@ def write_shuffle_report(records, folder, name="shuffle", title=None):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)  # --shuffle_scope (a config key) is not --shuffle_scopes
     parser.add_argument("--shuffle_mode", default="test", choices=["test", "train"],
                         help="test: shuffle the test histories of trained checkpoints; train: train each model "
                              "on original and on shuffled sequences (through the leaderboard) and compare")
@@ -271,11 +272,12 @@ def main(argv=None):
     args, unknown = parser.parse_known_args(argv)
     from recbole_llmsrec.leaderboard import config_flags, leaderboard_main
 
+    if args.shuffle_mode == "train":
+        forwarded = [f"--results_dir={args.results_dir}", f"--shuffle_scopes={args.shuffle_scopes}"]
+        return leaderboard_main(unknown + forwarded, compare_shuffled_training=True)
     overrides = config_flags(unknown)
     sys.argv = sys.argv[:1]  # RecBole's Config would read the flags again
-    scopes = [s for s in args.shuffle_scopes.split(",") if s]
-    if args.shuffle_mode == "train":
-        return leaderboard_main(unknown + [f"--results_dir={args.results_dir}"], compare_shuffled_training=True)
+    scopes = [s for s in args.shuffle_scopes.split(",") if s and s != "none"]
     if not args.model_file:
         parser.error("give --model_file=<checkpoint> (or --shuffle_mode=train with --models)")
     records = [diagnose_checkpoint(path, scopes, tuple(args.eval_modes.split(",")), overrides) for path in args.model_file]
