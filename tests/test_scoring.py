@@ -63,6 +63,18 @@ def test_continuation_logprobs_match_the_language_model_loss(llm):
         assert torch.isclose(score, -loss * len(cont), atol=TOL)
 
 
+@torch.no_grad()
+def test_naive_next_token_logits_match_one_unpadded_pass_per_suffix(llm):
+    """The reference itself: left-padded batches give each suffix's last logits as a lone pass does."""
+    model, tokenizer = llm
+    prefix_ids = tokenizer("Answer Yes or No. The user liked Film 2.").input_ids
+    suffixes = [tokenizer(t, add_special_tokens=False).input_ids for t in (" Film 1?", " Film 12 and more?", " x")]
+    naive = naive_next_token_logits(model, model.get_input_embeddings()(torch.tensor(prefix_ids)), suffixes)
+    for row, suffix in zip(naive, suffixes):
+        alone = model(input_ids=torch.tensor([prefix_ids + suffix])).logits[0, -1]
+        assert torch.allclose(row, alone, atol=TOL)
+
+
 @pytest.mark.parametrize("chunk_size", [1, 3, 64])
 @pytest.mark.parametrize("soft", [0, 3])
 @torch.no_grad()
