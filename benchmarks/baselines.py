@@ -9,7 +9,7 @@ KV cache shared by all candidates and once with one full prompt per candidate, u
 difference. Each model runs in its own processes.
 
     python benchmarks/baselines.py --dataset=ml-100k --teacher_checkpoint=benchmarks/runs/saved/SASRec-....pth \\
-        --epochs=1 --native_users=10 --baselines_config='{"prompt_show_dates": false, "learning_rate": 0.001}'
+        --epochs=1 --native_users=5 --baselines_config='{"prompt_show_dates": false, "learning_rate": 0.001}'
 
 Writes ``benchmarks/results/baselines_<dataset>.json``: per model the metrics, time per epoch
 (per step for CoLLM), trainable parameters, and the native scoring timings.
@@ -75,7 +75,7 @@ def main():
     flags.add_argument("--teacher_checkpoint", default=None,
                        help="the SASRec teacher LLMSRec was benchmarked with (empty: train one and cache it)")
     flags.add_argument("--epochs", type=int, default=1, help="retrieval training epochs per model (per step for CoLLM)")
-    flags.add_argument("--native_users", type=int, default=10, help="test users for the cached vs naive timing")
+    flags.add_argument("--native_users", type=int, default=5, help="test users for the cached vs naive timing")
     flags.add_argument("--models", default=",".join(MODELS))
     flags.add_argument("--llm_path", default="smollm2-135m")
     flags.add_argument("--baselines_config", default="{}", help="JSON dict of config overrides for the three models")
