@@ -39,6 +39,7 @@ import subprocess
 import sys
 import time
 from datetime import datetime, timezone
+from logging import getLogger
 
 import yaml
 
@@ -163,13 +164,19 @@ def train_and_evaluate(model_name, config_dict, shuffle_scopes=()):
     eval_seconds = {"uni100": time.perf_counter() - start}
     full_data = full_sort_loader(config, test_data)
     start = time.perf_counter()
-    per_user["full"] = evaluate_per_user(trainer, full_data, show_progress=show_progress)
-    eval_seconds["full"] = time.perf_counter() - start
+    full_error = None
+    try:
+        per_user["full"] = evaluate_per_user(trainer, full_data, show_progress=show_progress)
+        eval_seconds["full"] = time.perf_counter() - start
+    except ValueError as err:  # a model that cannot rank the whole catalogue says why (e.g. scoring: native)
+        full_error = str(err)
+        getLogger().warning(f"{model_name}: no full-ranking row: {full_error}")
 
     record = {
         "model": model_name,
         "dataset": config["dataset"],
         "results": {mode: result.mean() for mode, result in per_user.items()},
+        "full_error": full_error,
         "users": {mode: len(result) for mode, result in per_user.items()},
         "warm_cold": {
             mode: warm_cold(config, dataset, valid_data._dataset, test_data._dataset, result)
@@ -192,9 +199,10 @@ def train_and_evaluate(model_name, config_dict, shuffle_scopes=()):
         record["shuffle"] = {
             "uni100": shuffle_diagnostic(trainer, test_data, shuffle_scopes, batches=batches,
                                          original=per_user["uni100"], show_progress=show_progress),
-            "full": shuffle_diagnostic(trainer, full_data, shuffle_scopes, original=per_user["full"],
-                                       similarity=False, show_progress=show_progress),
         }
+        if "full" in per_user:
+            record["shuffle"]["full"] = shuffle_diagnostic(trainer, full_data, shuffle_scopes, original=per_user["full"],
+                                                           similarity=False, show_progress=show_progress)
     return record
 
 
@@ -260,8 +268,9 @@ def run_models(models, common, model_config=None, shuffle_scopes=(), results_dir
         if step:
             step()
         result = record["results"]["uni100"]
+        full = record["results"].get("full")
         log(f"{head}: done in {time.perf_counter() - start:.0f} s; uni100 NDCG@10 {result['ndcg@10']:.4f}, "
-            f"full NDCG@10 {record['results']['full']['ndcg@10']:.4f}")
+            f"full NDCG@10 " + (f"{full['ndcg@10']:.4f}" if full else f"n/a ({record['full_error']})"))
     return records, failures
 
 
@@ -271,8 +280,9 @@ def leaderboard_table(records):
     rows = []
     for record in records:
         for mode in EVAL_MODES:
+            result = record["results"].get(mode) or {}  # none: the model cannot rank in this mode (full_error)
             rows.append({
-                "model": record["model"], "eval_mode": mode, **{m: record["results"][mode][m] for m in COLUMNS[2:6]},
+                "model": record["model"], "eval_mode": mode, **{m: result.get(m) for m in COLUMNS[2:6]},
                 "train_seconds": round(record["train_seconds"], 1), "trainable_params": record["trainable_params"],
             })
     return pd.DataFrame(rows, columns=COLUMNS)
@@ -328,7 +338,8 @@ def write_leaderboard(records, folder, title):
             ax.bar(x + offset, part[metric], width=0.4, label=metric.upper().replace("HIT", "HR"))
         ax.set_xticks(x, part["model"], rotation=30, ha="right")
         ax.set_title(mode)
-        ax.set_ylim(0, max(1e-3, float(part[["ndcg@10", "hit@10"]].to_numpy().max())) * 1.15)
+        values = part[["ndcg@10", "hit@10"]].to_numpy(dtype=float)
+        ax.set_ylim(0, max(1e-3, float(np.nanmax(values)) if not np.isnan(values).all() else 1.0) * 1.15)
     axes[0][0].legend()
     fig.suptitle(title.lstrip("# "))
     fig.tight_layout()
@@ -350,7 +361,7 @@ def shuffled_training_records(original, shuffled, scope):
         pairs.append({"model": record["model"], "shuffle": {
             mode: {f"train, {scope}": {"original": base["results"][mode], "shuffled": record["results"][mode],
                                       "change": relative_change(base["results"][mode], record["results"][mode])}}
-            for mode in EVAL_MODES}})
+            for mode in EVAL_MODES if base["results"].get(mode) and record["results"].get(mode)}})
     return pairs
 
 

@@ -11,7 +11,8 @@ models that expose one:
 * ``user_vec``: the vector that scores items: ``f_user(h_U)`` of the LLM retrieval models, the last
   position's output of SASRec/GRU4Rec (O_u), BERT4Rec's output at the appended ``[MASK]``, the
   history vector of LLMSeqSim;
-* ``h_U``: the LLM's hidden state at ``[UserOut]`` (LLM retrieval models).
+* ``h_U``: the LLM's hidden state at ``[UserOut]`` (LLM retrieval models; the other scoring forms
+  of TALLRec, CoLLM, LLaRA and A-LLMRec score without a user vector and get n/a).
 
 Training on shuffled sequences (the paper's other experiment) is ``shuffle_mode: train``; this
 module's CLI runs it through the leaderboard with ``--shuffle_mode=train``.
@@ -74,7 +75,7 @@ def user_representations(model, interaction):
     from recbole_llmsrec.model.sequential_recommender.llmseqsim import LLMSeqSim
 
     item_seq, item_seq_len = interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN]
-    if isinstance(model, LLMRetrievalMixin):
+    if isinstance(model, LLMRetrievalMixin) and getattr(model, "scoring", "retrieval") == "retrieval":
         time_seq = interaction[model.TIME_SEQ] if model.TIME_SEQ else None
         return {"user_vec": model.user_vectors(interaction), "h_U": model.user_repr(item_seq, item_seq_len, time_seq)}
     if isinstance(model, LLMSeqSim):
