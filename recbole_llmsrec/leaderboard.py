@@ -383,6 +383,8 @@ def leaderboard_main(argv=None, compare_shuffled_training=False):
     parser.add_argument("--results_dir", default="results")
     args, unknown = parser.parse_known_args(argv)
     flags = config_flags(unknown)
+    if "model" in flags:
+        parser.error("name the models with --models=A,B (comma-separated), not --model")
     sys.argv = sys.argv[:1]
     models = args.models.split(",") if args.models else default_models()
     scopes = tuple(s for s in args.shuffle_scopes.split(",") if s and s != "none")
