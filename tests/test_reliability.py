@@ -277,3 +277,54 @@ def test_gradient_checkpointing_recomputes_in_backward_with_the_same_gradients(t
         calls.append(len(mlp_calls))
     assert calls == [2, 4]  # two layers; with checkpointing each runs again in backward
     assert torch.allclose(grads[0], grads[1], atol=1e-5)
+
+
+# ---- less work, same result ---------------------------------------------------------------------
+
+
+def test_length_groups_and_prefix_cache_change_no_result(tiny_config_dict):
+    from recbole_llmsrec.llm.backbone import length_groups
+
+    assert length_groups([5, 30, 6, 31], 10) == [[0, 2], [1, 3]]
+    assert length_groups([5, 30, 6, 31], 100) == [[0, 2, 1, 3]]  # splitting saves 50 < 100 padded tokens
+    assert length_groups([5, 30, 6, 31], 0) == [[0], [2], [1], [3]]
+    assert length_groups([5, 30, 6, 31], None) == [[0, 2, 1, 3]]
+
+    dataset, train_data, *_, model, _ = build(tiny_config_dict)
+    batch = next(iter(train_data))
+    llm = model.llm
+    widths = []
+    llm.model.get_decoder().register_forward_pre_hook(
+        lambda _, args, kwargs: widths.append(kwargs["inputs_embeds"].shape[:2]), with_kwargs=True)
+    results = {}
+    for group_cost, prefix_cache in ((None, False), (0, True)):
+        llm.group_cost, llm.prefix_cache = group_cost, prefix_cache
+        widths.clear()
+        model.zero_grad()
+        torch.manual_seed(0)  # the same sampled negatives
+        sum(model.calculate_loss(batch)).backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
+        with torch.no_grad():
+            users = model.user_repr(batch["item_id_list"], batch["item_length"], batch["timestamp_list"])
+        results[prefix_cache] = (grads, users, list(widths))
+    (plain_grads, plain_users, plain_widths), (fast_grads, fast_users, fast_widths) = results[False], results[True]
+    assert torch.allclose(plain_users, fast_users, atol=1e-5)
+    for name, grad in plain_grads.items():
+        assert torch.allclose(grad, fast_grads[name], atol=1e-5, rtol=1e-4), name
+    # fewer padded tokens went through the LLM: more, shorter calls, each without the shared opening
+    assert sum(r * w for r, w in fast_widths) < 0.9 * sum(r * w for r, w in plain_widths)
+    assert len(fast_widths) > len(plain_widths)
+
+
+def test_no_prefix_cache_while_the_llm_trains_or_recomputes(tiny_llm_path):
+    from recbole_llmsrec.llm.backbone import LLMBackbone, load_causal_lm
+
+    ids = torch.tensor([[5, 6, 7, 8, 9], [5, 6, 7, 10, 11]])
+    lengths = torch.tensor([5, 5])
+    frozen = LLMBackbone(*load_causal_lm(tiny_llm_path), prefix_cache=True)
+    assert frozen._shared_prefix(ids, lengths, {}) == 3
+    assert frozen._shared_prefix(ids, lengths, {7: None}) == 2  # a soft token is never cached
+    checkpointing = LLMBackbone(*load_causal_lm(tiny_llm_path), gradient_checkpointing=True, prefix_cache=True)
+    assert checkpointing._shared_prefix(ids, lengths, {}) == 0
+    frozen.model.get_input_embeddings().weight.requires_grad_(True)  # e.g. LoRA adapters or a trained LLM
+    assert frozen._shared_prefix(ids, lengths, {}) == 0

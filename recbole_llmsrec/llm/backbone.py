@@ -198,6 +198,31 @@ def add_lora(model, config):
     return get_peft_model(model, lora)
 
 
+def length_groups(lengths, group_cost, most=512):
+    """Row indices of prompts with these ``lengths``, in groups of similar length that minimise the
+    padded tokens plus ``group_cost`` tokens per group (exact, by dynamic programming over the
+    sorted lengths; at most ``most`` rows are grouped together)."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    if group_cost is None:
+        return [order]
+    groups = []
+    for block in range(0, len(order), most):
+        rows = order[block : block + most]
+        ends = [lengths[row] for row in rows]
+        best, cut = [0] + [float("inf")] * len(rows), [0] * (len(rows) + 1)
+        for j in range(1, len(rows) + 1):
+            for i in range(j):
+                cost = best[i] + (j - i) * ends[j - 1] + group_cost
+                if cost < best[j]:
+                    best[j], cut[j] = cost, i
+        j, found = len(rows), []
+        while j > 0:
+            found.append(rows[cut[j] : j])
+            j = cut[j]
+        groups += found[::-1]
+    return groups
+
+
 def inject_soft_tokens(inputs_embeds, input_ids, token_id, values):
     """Replace the embeddings at every ``token_id`` position with the rows of ``values``, in order.
 
@@ -229,10 +254,13 @@ class LLMBackbone(nn.Module):
     base weights stay frozen.
     """
 
-    def __init__(self, model, tokenizer, gradient_checkpointing=False):
+    def __init__(self, model, tokenizer, gradient_checkpointing=False, group_cost=None, prefix_cache=False):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
+        self.group_cost = group_cost
+        self.prefix_cache = prefix_cache
+        self._prefix_states = {}
         missing = [tok for tok in SPECIAL_TOKENS if tok not in tokenizer.get_vocab()]
         if missing:
             tokenizer.add_tokens(missing, special_tokens=True)
@@ -242,6 +270,7 @@ class LLMBackbone(nn.Module):
         model.requires_grad_(False)
         model.eval()
         self.token_ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in SPECIAL_TOKENS}
+        self.gradient_checkpointing = gradient_checkpointing
         if gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
@@ -255,7 +284,10 @@ class LLMBackbone(nn.Module):
             cache_dir=config["llm_cache_dir"],
             quantization=config["llm_quantization"],
         )
-        backbone = cls(model, tokenizer, gradient_checkpointing=config["llm_gradient_checkpointing"])
+        backbone = cls(
+            model, tokenizer, gradient_checkpointing=config["llm_gradient_checkpointing"],
+            group_cost=config["llm_group_cost"], prefix_cache=config["llm_prefix_cache"],
+        )
         if lora:
             backbone.model = add_lora(backbone.model, config)
         return backbone
@@ -308,8 +340,78 @@ class LLMBackbone(nn.Module):
         return inputs_embeds
 
     def encode(self, input_ids, attention_mask, soft_tokens):
+        """Last-layer hidden states ``[batch, length, d]`` of the prompts, soft tokens written in.
+
+        Two savings leave the result as it is (up to rounding) for right-padded prompts: prompts of
+        different lengths run in length groups (``group_cost``: less padding), and the opening
+        tokens that every prompt shares run once and are reused from a cache (``prefix_cache``,
+        only while the LLM is frozen). Positions past a prompt's end hold zeros.
+        """
         self.check_length(input_ids.shape[1])
-        inputs_embeds = self.embed(input_ids, soft_tokens)
-        # the decoder alone: no LM head, so no [batch, length, vocab] logits are computed
-        outputs = self.model.get_decoder()(inputs_embeds=inputs_embeds, attention_mask=attention_mask)
-        return outputs.last_hidden_state
+        lengths = attention_mask.sum(1)
+        if not bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all()):  # not right-padded
+            return self._decode(input_ids, attention_mask, soft_tokens, 0)
+        prefix = self._shared_prefix(input_ids, lengths, soft_tokens)
+        groups = length_groups(lengths.tolist(), self.group_cost)
+        if len(groups) == 1:
+            return self._decode(input_ids, attention_mask, soft_tokens, prefix)
+        # the soft tokens of each group's rows, in the groups' row-major order
+        starts = {token_id: torch.cumsum((input_ids == token_id).sum(1), 0).tolist() for token_id in soft_tokens}
+        hidden = None
+        for rows in groups:
+            width = int(lengths[rows].max())
+            group_soft = {}
+            for token_id, values in soft_tokens.items():
+                ends = starts[token_id]
+                index = [k for row in rows for k in range(ends[row - 1] if row else 0, ends[row])]
+                group_soft[token_id] = values[torch.tensor(index, dtype=torch.long, device=values.device)]
+            rows_index = torch.tensor(rows, dtype=torch.long, device=input_ids.device)
+            out = self._decode(input_ids[rows_index, :width], attention_mask[rows_index, :width], group_soft, prefix)
+            if hidden is None:
+                hidden = out.new_zeros(*input_ids.shape, out.shape[-1])
+            hidden[rows_index, :width] = out
+        return hidden
+
+    def _shared_prefix(self, input_ids, lengths, soft_tokens):
+        """How many opening tokens every prompt shares and may be cached (0: none)."""
+        if not self.prefix_cache or self.gradient_checkpointing or any(
+            param.requires_grad for param in self.model.parameters()
+        ):
+            return 0  # the cached states would be stale (trained LLM weights) or dropped (checkpointing)
+        differs = (input_ids != input_ids[:1]).any(0)
+        for token_id in soft_tokens:  # soft tokens change with the trained parameters
+            differs |= input_ids[0] == token_id
+        shared = int(differs.int().argmax()) if bool(differs.any()) else input_ids.shape[1]
+        shared = min(shared, int(lengths.min()) - 1)  # every prompt keeps a token of its own
+        return shared if shared >= 2 else 0
+
+    def _decode(self, input_ids, attention_mask, soft_tokens, prefix):
+        """The decoder over the prompts (no LM head: no ``[batch, length, vocab]`` logits); with
+        ``prefix``, the first ``prefix`` tokens come from the cache and only the rest run."""
+        decoder = self.model.get_decoder()
+        if not prefix:
+            inputs_embeds = self.embed(input_ids, soft_tokens)
+            return decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
+        from recbole_llmsrec.llm.scoring import _expanded_cache
+
+        layers, prefix_hidden = self._prefix(input_ids[0, :prefix])
+        rows = input_ids.shape[0]
+        out = decoder(
+            inputs_embeds=self.embed(input_ids[:, prefix:], soft_tokens),
+            attention_mask=attention_mask,
+            past_key_values=_expanded_cache(self.model, layers, rows),
+            use_cache=True,
+        ).last_hidden_state
+        return torch.cat([prefix_hidden.expand(rows, -1, -1).to(out.dtype), out], dim=1)
+
+    def _prefix(self, ids):
+        """Keys, values and hidden states of a shared opening (computed once per token sequence)."""
+        key = (tuple(ids.tolist()), ids.device, self.dtype)
+        if key not in self._prefix_states:
+            with torch.no_grad():
+                out = self.model.get_decoder()(
+                    inputs_embeds=self.model.get_input_embeddings()(ids.unsqueeze(0)), use_cache=True
+                )
+            layers = [tuple(layer) for layer in out.past_key_values]
+            self._prefix_states[key] = (layers, out.last_hidden_state)
+        return self._prefix_states[key]

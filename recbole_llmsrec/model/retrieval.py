@@ -90,9 +90,11 @@ class LLMRetrievalMixin:
 
     def item_repr(self, items):
         """h_I: the LLM's hidden state at ``[ItemOut]`` for each item id, ``[n, d_llm]``."""
-        items = items.tolist()
-        sequences = [self.prompts.item_prompt(item) for item in items]
-        return self._encode(sequences, items, self.prompts.item_out_id, self.item_out_token)
+        # an item drawn twice in one step (one user's target, another's negative) runs once
+        unique, inverse = torch.unique(items, return_inverse=True)
+        unique = unique.tolist()
+        sequences = [self.prompts.item_prompt(item) for item in unique]
+        return self._encode(sequences, unique, self.prompts.item_out_id, self.item_out_token)[inverse]
 
     def _chunked(self, compute, rows, lengths, desc):
         """Evaluate ``compute`` over ``rows`` in length-sorted chunks (less padding), in input order."""

@@ -1,0 +1,205 @@
+"""One LLMSRec training epoch, timed, beside its floor, with a breakdown of where the time goes.
+
+RecBole's own ``Trainer._train_epoch`` runs one epoch (every training user once). Around it the
+script records, per step: the LLM's forward calls (tokens, real and padded, and their time), the
+rest of ``calculate_loss`` (prompt building, injection, MLPs, teacher, sampling), the backward
+pass, the optimiser step, and what is left between steps (RecBole's loader and loop). Every
+``--floor_every``-th step is followed, outside the epoch's clock, by the floor for the same token
+batches (the frozen LLM's forward and backward with ``inputs_embeds`` requiring grad); the floor
+of the whole epoch is estimated from those steps in proportion to padded tokens. ``--profile_step``
+also records one step with torch's profiler (top operators by self time).
+
+The default dataset is ML-1M (6,040 users): fetch it first with
+``python -m recbole_llmsrec.data.fetch_ml1m`` (writes ``dataset/ml-1m/``).
+
+    python benchmarks/ml1m_epoch.py --dataset=ml-1m --llm_path=smollm2-135m --floor_every=10
+
+Writes ``benchmarks/results/epoch_<dataset>.json``.
+"""
+
+import contextlib
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import REPO, parser, report_head, start  # noqa: E402
+from step_floor import (  # noqa: E402
+    LLMCalls, bare_pass, build_llmsrec, peak_memory_mb, quick_teacher, release_memory, sync, token_counts,
+)
+
+
+class FirstBatches:
+    """The first ``count`` batches of a RecBole loader (its other attributes pass through)."""
+
+    def __init__(self, loader, count):
+        self.loader, self.count = loader, count
+
+    def __iter__(self):
+        for index, batch in enumerate(self.loader):
+            if index == self.count:
+                return
+            yield batch
+
+    def __len__(self):
+        return min(self.count, len(self.loader))
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+
+class EpochClock:
+    """Splits each training step of ``Trainer._train_epoch`` into its parts, and runs the floor."""
+
+    def __init__(self, model, optimizer, device, floor_every):
+        self.model, self.optimizer, self.device, self.floor_every = model, optimizer, device, floor_every
+        self.calls = LLMCalls(model)
+        self.parts = {"between_steps": 0.0, "llm_forward": 0.0, "forward_rest": 0.0, "backward": 0.0, "optimizer": 0.0}
+        self.steps, self.real, self.padded = 0, 0, 0
+        self.sampled = {"steps": 0, "full_seconds": 0.0, "floor_seconds": 0.0, "padded_tokens": 0, "real_tokens": 0}
+        self.floor_seconds_total = 0.0
+        self._last = None
+
+    def now(self):
+        sync(self.device)
+        return time.perf_counter()
+
+    @contextlib.contextmanager
+    def installed(self):
+        calculate_loss, step = self.model.calculate_loss, self.optimizer.step
+
+        def timed_loss(interaction):
+            begin = self.now()
+            if self._last is not None:
+                self.parts["between_steps"] += begin - self._last
+            self._step_start = begin
+            losses = calculate_loss(interaction)
+            self._forward_end = self.now()
+            return losses
+
+        def timed_step(*args, **kwargs):
+            begin = self.now()
+            result = step(*args, **kwargs)
+            end = self.now()
+            batches, llm_seconds = self.calls.take()
+            forward = self._forward_end - self._step_start
+            self.parts["llm_forward"] += llm_seconds
+            self.parts["forward_rest"] += forward - llm_seconds
+            self.parts["backward"] += begin - self._forward_end
+            self.parts["optimizer"] += end - begin
+            real, padded = token_counts(batches)
+            self.real, self.padded = self.real + real, self.padded + padded
+            self.steps += 1
+            if self.floor_every and self.steps % self.floor_every == 1 % self.floor_every:
+                release_memory(self.device)
+                floor_begin = self.now()
+                bare_pass(self.model.llm, batches, backward=True)
+                floor = self.now() - floor_begin
+                del batches
+                release_memory(self.device)
+                self.sampled["steps"] += 1
+                self.sampled["full_seconds"] += end - self._step_start
+                self.sampled["floor_seconds"] += floor
+                self.sampled["padded_tokens"] += padded
+                self.sampled["real_tokens"] += real
+                self.floor_seconds_total += self.now() - end
+            self._last = self.now()
+            return result
+
+        self.model.calculate_loss, self.optimizer.step = timed_loss, timed_step
+        try:
+            with self.calls.recording():
+                yield self
+        finally:
+            del self.model.calculate_loss, self.optimizer.step
+
+
+def profile_one_step(model, trainer, batch, device, rows=15):
+    """torch's profiler over one training step: the top operators by self time, as rows."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    model.train()
+    interaction = batch.to(device)
+    with profile(activities=activities) as prof:
+        trainer.optimizer.zero_grad()
+        sum(model.calculate_loss(interaction)).backward()
+        trainer.optimizer.step()
+        sync(device)
+    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=sort_by, row_limit=rows)
+    events = sorted(prof.key_averages(), key=lambda e: -getattr(e, sort_by))[:rows]
+    total = sum(getattr(e, sort_by) for e in prof.key_averages())
+    return table, [{"op": e.key, "self_seconds": getattr(e, sort_by) / 1e6, "share": getattr(e, sort_by) / total,
+                    "calls": e.count} for e in events]
+
+
+def main():
+    flags = parser(__doc__)
+    flags.set_defaults(dataset="ml-1m")
+    flags.add_argument("--llm_path", default="smollm2-135m")
+    flags.add_argument("--floor_every", type=int, default=10, help="time the floor after every N-th step (0: never)")
+    flags.add_argument("--max_steps", type=int, default=0, help="stop the epoch after N steps (0: the whole epoch)")
+    flags.add_argument("--profile_step", action="store_true", help="profile one extra step with torch.profiler")
+    flags.add_argument("--teacher_checkpoint", default="", help="a SASRec checkpoint; empty: a one-epoch teacher")
+    flags.add_argument("--llmsrec_config", default="{}", help="JSON dict of LLMSRec config overrides")
+    args = flags.parse_args()
+    common = start(args)
+    settings = {**common, "llm_path": args.llm_path, **quick_teacher(common, args.teacher_checkpoint),
+                **json.loads(args.llmsrec_config)}
+    try:
+        config, (_, train_data, _, _, model, trainer) = build_llmsrec(settings)
+    except (FileNotFoundError, ValueError) as err:
+        if args.dataset == "ml-1m":
+            raise SystemExit(f"{err}\nML-1M is not here: run `python -m recbole_llmsrec.data.fetch_ml1m` first")
+        raise
+    device = config["device"]
+    report = report_head(args, "ml1m_epoch.py", [
+        f"--llm_path={args.llm_path}", f"--floor_every={args.floor_every}", f"--max_steps={args.max_steps}",
+        f"--teacher_checkpoint={args.teacher_checkpoint}", f"--llmsrec_config='{args.llmsrec_config}'"]
+        + (["--profile_step"] if args.profile_step else []))
+    del report["models"]
+    report.update(device=str(device), llmsrec_overrides=json.loads(args.llmsrec_config),
+                  users=len(train_data._dataset), items=model.n_items - 1,
+                  prompt_show_dates=config["prompt_show_dates"], prompt_history_len=config["prompt_history_len"],
+                  train_batch_size=config["train_batch_size"], llm_dtype=config["llm_dtype"])
+    import torch
+
+    report["torch_threads"] = torch.get_num_threads()
+    epoch_data = FirstBatches(train_data, args.max_steps) if args.max_steps else train_data
+
+    clock = EpochClock(model, trainer.optimizer, device, args.floor_every)
+    with clock.installed():
+        begin = clock.now()
+        trainer._train_epoch(epoch_data, 0, show_progress=config["show_progress"])
+        wall = clock.now() - begin
+    epoch = wall - clock.floor_seconds_total
+    parts = dict(clock.parts)
+    parts["between_steps"] += epoch - sum(parts.values())  # before the first step and after the last
+    sampled = clock.sampled
+    floor_estimate = sampled["floor_seconds"] * clock.padded / sampled["padded_tokens"] if sampled["steps"] else None
+    report["epoch"] = {
+        "steps": clock.steps, "seconds": epoch, "seconds_per_user": epoch / (clock.steps * config["train_batch_size"]),
+        "real_tokens": clock.real, "padded_tokens": clock.padded, "padding_share": 1 - clock.real / clock.padded,
+        "real_tokens_per_s": clock.real / epoch, "padded_tokens_per_s": clock.padded / epoch,
+        "where_the_time_goes": {name: {"seconds": s, "share": s / epoch} for name, s in parts.items()},
+        "floor_sampled": sampled,
+        "floor_epoch_estimate_seconds": floor_estimate,
+        "ratio_to_floor": epoch / floor_estimate if floor_estimate else None,
+        "ratio_to_floor_sampled_steps": sampled["full_seconds"] / sampled["floor_seconds"] if sampled["steps"] else None,
+        "peak_memory_mb": peak_memory_mb(device),
+    }
+    print(json.dumps(report["epoch"], indent=1), flush=True)
+    if args.profile_step:
+        table, rows = profile_one_step(model, trainer, next(iter(train_data)), device)
+        print(table, flush=True)
+        report["profile_one_step"] = rows
+    out = args.out or os.path.join(REPO, "benchmarks", "results", f"epoch_{args.dataset}.json")
+    with open(out, "w") as f:
+        json.dump(report, f, indent=1)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,306 @@
+"""LLMSRec's step cost against its floor: the frozen LLM's own forward and backward over the same tokens.
+
+The LLM is frozen, so a training step can cost no less than one forward and one backward pass of the
+LLM over the step's prompts (the gradient must reach the soft tokens in the input). Everything else
+(RecBole's data loading, prompt building, injection, the MLPs, the teacher, sampling, the
+optimiser) is overhead. This script builds LLMSRec once and, on real training batches, times side
+by side, interleaved, repeated, medians:
+
+  (a) a full training step: ``calculate_loss`` + backward + optimiser step, as RecBole's trainer
+      runs it (plus RecBole's loader time per batch, measured over one epoch of the loader);
+  (b) the floor: for exactly the padded token batches that step gave the LLM (user prompts and
+      item prompts), ``inputs_embeds`` requiring grad, decoder forward, one backward.
+
+and the evaluation counterpart: all item vectors and the user vectors of ``--eval_users`` users
+(``model.all_item_vectors`` / ``model.user_vectors``) against bare no-grad forwards over the same
+prompts. Reports (a)/(b), tokens per second (real and padded tokens) and the padding share.
+
+    python benchmarks/step_floor.py --dataset=ml-100k --llm_path=smollm2-135m --steps=3 --repeats=3
+
+Writes ``benchmarks/results/step_floor_<dataset>.json``.
+"""
+
+import contextlib
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import REPO, parser, report_head, start  # noqa: E402
+
+
+def sync(device):
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_memory_mb(device):
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class LLMCalls:
+    """Records the token batches a model hands its LLM (``model.llm.encode``) and the time spent
+    in those forward calls, while active."""
+
+    def __init__(self, model):
+        self.model = model
+        self.batches = []
+        self.forward_seconds = 0.0
+
+    @contextlib.contextmanager
+    def recording(self):
+        llm = self.model.llm
+        encode = llm.encode
+        device = self.model.user_out_token.device
+
+        def recorded(input_ids, attention_mask, soft_tokens):
+            self.batches.append((input_ids, attention_mask))
+            sync(device)
+            start = time.perf_counter()
+            hidden = encode(input_ids, attention_mask, soft_tokens)
+            sync(device)
+            self.forward_seconds += time.perf_counter() - start
+            return hidden
+
+        llm.encode = recorded
+        try:
+            yield self
+        finally:
+            del llm.encode  # back to the class's method
+
+    def take(self):
+        batches, seconds = self.batches, self.forward_seconds
+        self.batches, self.forward_seconds = [], 0.0
+        return batches, seconds
+
+
+def release_memory(device):
+    """Hand freed memory back before the next measurement, so that one pass's peak does not add to
+    the next one's (glibc keeps large freed blocks on its heap)."""
+    import gc
+
+    gc.collect()
+    if device.type == "cpu" and sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def timed_train_step(model, optimizer, batch, device):
+    """Seconds of one training step as RecBole's trainer runs it: loss, backward, optimiser step."""
+    interaction = batch.to(device)
+    sync(device)
+    start = time.perf_counter()
+    optimizer.zero_grad()
+    loss = sum(model.calculate_loss(interaction))
+    loss.backward()
+    optimizer.step()
+    sync(device)
+    seconds = time.perf_counter() - start
+    del loss
+    release_memory(device)
+    return seconds
+
+
+def token_counts(batches):
+    real = sum(int(mask.sum()) for _, mask in batches)
+    padded = sum(mask.numel() for _, mask in batches)
+    return real, padded
+
+
+def bare_pass(llm, batches, backward):
+    """The floor: the frozen decoder over ``batches``; with ``backward``, gradients into the inputs."""
+    import torch
+
+    embedding, decoder = llm.model.get_input_embeddings(), llm.model.get_decoder()
+    with torch.set_grad_enabled(backward):
+        total = 0.0
+        for input_ids, attention_mask in batches:
+            embeds = embedding(input_ids).detach().requires_grad_(backward)
+            hidden = decoder(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
+            total = total + hidden.float().sum()
+        if backward:
+            total.backward()
+
+
+def build_llmsrec(config_dict):
+    """LLMSRec and its RecBole data and trainer, as ``run_recbole_llmsrec`` builds them."""
+    from recbole.utils import init_logger, init_seed
+
+    from recbole_llmsrec.config import Config
+    from recbole_llmsrec.quick_start import _build
+
+    config = Config(model="LLMSRec", config_dict=config_dict)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    return config, _build(config)
+
+
+def quick_teacher(common, teacher_checkpoint):
+    """Step cost does not depend on the teacher's quality: without a checkpoint, a one-epoch teacher."""
+    if teacher_checkpoint:
+        return {"teacher_checkpoint": teacher_checkpoint}
+    from recbole_llmsrec.config import Config
+
+    teacher = dict(Config(model="LLMSRec", config_dict=common)["teacher_config"])
+    return {"teacher_config": {**teacher, "epochs": 1}}
+
+
+def summary(seconds, real, padded):
+    median = statistics.median(seconds)
+    return {"seconds_median": median, "seconds_all": seconds, "real_tokens": real, "padded_tokens": padded,
+            "real_tokens_per_s": real / median, "padded_tokens_per_s": padded / median}
+
+
+def time_training(model, trainer, train_data, steps, repeats, device):
+    """(a) full steps and (b) floors on ``steps`` real batches, ``repeats`` times each, interleaved."""
+    import torch
+
+    calls = LLMCalls(model)
+    batches = []
+    for batch in train_data:
+        batches.append(batch)
+        if len(batches) == steps:
+            break
+    full, floor, llm_forward, real_all, padded_all = [], [], [], [], []
+    model.train()
+    for _ in range(repeats):
+        for batch in batches:
+            with calls.recording():
+                full.append(timed_train_step(model, trainer.optimizer, batch, device))
+            token_batches, forward_seconds = calls.take()
+            llm_forward.append(forward_seconds)
+            real, padded = token_counts(token_batches)
+            real_all.append(real)
+            padded_all.append(padded)
+            start = time.perf_counter()
+            bare_pass(model.llm, token_batches, backward=True)
+            sync(device)
+            floor.append(time.perf_counter() - start)
+            del token_batches
+            trainer.optimizer.zero_grad(set_to_none=True)
+            release_memory(device)
+    real, padded = statistics.median(real_all), statistics.median(padded_all)
+    ratios = [a / b for a, b in zip(full, floor)]
+    return {
+        "steps": steps, "repeats": repeats, "rows_per_step": len(batches[0]),
+        "full_step": summary(full, real, padded),
+        "floor": summary(floor, real, padded),
+        "ratio_median": statistics.median(ratios),
+        "ratio_all": ratios,
+        "ratio_of_medians": statistics.median(full) / statistics.median(floor),
+        "llm_forward_seconds_median": statistics.median(llm_forward),
+        "padding_share": 1 - sum(real_all) / sum(padded_all),
+        "peak_memory_mb": peak_memory_mb(device),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def time_loader(train_data):
+    start = time.perf_counter()
+    count = sum(1 for _ in train_data)
+    return {"batches": count, "seconds_per_batch": (time.perf_counter() - start) / count}
+
+
+def time_evaluation(model, valid_data, eval_users, repeats, device):
+    """All item vectors and ``eval_users`` users' vectors, against bare forwards over the same prompts."""
+    import torch
+
+    calls = LLMCalls(model)
+    model.eval()
+    result = {"items": {"full": [], "floor": []}, "users": {"full": [], "floor": []}}
+    counts = {}
+    for _ in range(repeats):
+        model.clear_cache()
+        for part in ("items", "users"):
+            sync(device)
+            start = time.perf_counter()
+            with calls.recording(), torch.no_grad():
+                if part == "items":
+                    model.all_item_vectors()
+                else:
+                    seen = set()
+                    for batch in valid_data:
+                        interaction = batch[0].to(device)
+                        model.user_vectors(interaction)
+                        seen.update(interaction[model.USER_ID].tolist())
+                        if eval_users and len(seen) >= eval_users:
+                            break
+                    counts["users"] = len(seen)
+            sync(device)
+            result[part]["full"].append(time.perf_counter() - start)
+            token_batches, _ = calls.take()
+            counts[part + "_tokens"] = token_counts(token_batches)
+            start = time.perf_counter()
+            bare_pass(model.llm, token_batches, backward=False)
+            sync(device)
+            result[part]["floor"].append(time.perf_counter() - start)
+    out = {"users": counts["users"], "items": model.n_items - 1, "repeats": repeats}
+    for part in ("items", "users"):
+        real, padded = counts[part + "_tokens"]
+        full, floor = result[part]["full"], result[part]["floor"]
+        out[part + "_vectors"] = {
+            "full": summary(full, real, padded), "floor": summary(floor, real, padded),
+            "ratio_of_medians": statistics.median(full) / statistics.median(floor),
+            "padding_share": 1 - real / padded,
+        }
+    full = statistics.median(result["items"]["full"]) + statistics.median(result["users"]["full"])
+    floor = statistics.median(result["items"]["floor"]) + statistics.median(result["users"]["floor"])
+    out["ratio_of_medians"] = full / floor
+    return out
+
+
+def main():
+    flags = parser(__doc__)
+    flags.add_argument("--llm_path", default="smollm2-135m")
+    flags.add_argument("--steps", type=int, default=3, help="distinct training batches")
+    flags.add_argument("--repeats", type=int, default=3, help="timings of each batch (full and floor interleaved)")
+    flags.add_argument("--eval_users", type=int, default=0, help="users whose vectors are timed (0: all)")
+    flags.add_argument("--eval_repeats", type=int, default=1)
+    flags.add_argument("--teacher_checkpoint", default="", help="a SASRec checkpoint; empty: a one-epoch teacher")
+    flags.add_argument("--llmsrec_config", default="{}", help="JSON dict of LLMSRec config overrides")
+    args = flags.parse_args()
+    common = start(args)
+
+    settings = {**common, "llm_path": args.llm_path, **quick_teacher(common, args.teacher_checkpoint),
+                **json.loads(args.llmsrec_config)}
+    config, (_, train_data, valid_data, _, model, trainer) = build_llmsrec(settings)
+    device = config["device"]
+    report = report_head(args, "step_floor.py", [
+        f"--llm_path={args.llm_path}", f"--steps={args.steps}", f"--repeats={args.repeats}",
+        f"--eval_users={args.eval_users}", f"--eval_repeats={args.eval_repeats}",
+        f"--teacher_checkpoint={args.teacher_checkpoint}", f"--llmsrec_config='{args.llmsrec_config}'"])
+    del report["models"]
+    report.update(
+        device=str(device), llmsrec_overrides=json.loads(args.llmsrec_config),
+        prompt_show_dates=config["prompt_show_dates"], prompt_history_len=config["prompt_history_len"],
+        train_batch_size=config["train_batch_size"], llm_dtype=config["llm_dtype"],
+    )
+    report["loader"] = time_loader(train_data)
+    report["training"] = training = time_training(model, trainer, train_data, args.steps, args.repeats, device)
+    training["ratio_with_loader"] = (
+        training["full_step"]["seconds_median"] + report["loader"]["seconds_per_batch"]
+    ) / training["floor"]["seconds_median"]
+    print(json.dumps(training, indent=1), flush=True)
+    if args.eval_repeats > 0:
+        report["evaluation"] = time_evaluation(model, valid_data, args.eval_users, args.eval_repeats, device)
+        print(json.dumps(report["evaluation"], indent=1), flush=True)
+    report["peak_memory_mb"] = peak_memory_mb(device)
+
+    out = args.out or os.path.join(REPO, "benchmarks", "results", f"step_floor_{args.dataset}.json")
+    with open(out, "w") as f:
+        json.dump(report, f, indent=1)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
