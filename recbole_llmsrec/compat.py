@@ -26,6 +26,13 @@ What we do about each break, in one place:
   (the training shuffle, sampled negatives, ``uni100`` negatives) nor ``best_valid_result``, so a
   resumed run drifts from the run it continues: checkpoints here also hold both
   (:func:`rng_state`), and resuming puts them back.
+* ``recbole/model/sequential_recommender/sine.py`` calls ``torch.autograd.set_detect_anomaly(True)``
+  when it is imported, and importing any RecBole sequential model (SASRec included) imports it
+  through the package's ``__init__``. Anomaly mode checks every gradient for NaN and records a
+  traceback for every operation: a training step of a 135M LLM ran about twice as long.
+  :func:`undo_recbole_anomaly_mode` imports that package once and switches the mode off again;
+  it runs when this module is imported (``torch.autograd.set_detect_anomaly(True)`` after that
+  still turns it on for debugging).
 * Distributed runs (``nproc`` > 1) are NCCL-only in RecBole: ``Config._init_device`` asserts one
   GPU per process and ``AbstractTrainer.__init__`` passes ``device_ids=[local_rank]`` to
   ``DistributedDataParallel``, which DDP refuses for a CPU module. Our ``Config`` starts a gloo
@@ -43,6 +50,16 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
+
+
+def undo_recbole_anomaly_mode():
+    """Import RecBole's sequential models (which switches anomaly mode on) and switch it off."""
+    import recbole.model.sequential_recommender  # noqa: F401
+
+    torch.autograd.set_detect_anomaly(False)
+
+
+undo_recbole_anomaly_mode()
 
 
 def load_recbole_checkpoint(path, map_location="cpu"):

@@ -328,3 +328,12 @@ def test_no_prefix_cache_while_the_llm_trains_or_recomputes(tiny_llm_path):
     assert checkpointing._shared_prefix(ids, lengths, {}) == 0
     frozen.model.get_input_embeddings().weight.requires_grad_(True)  # e.g. LoRA adapters or a trained LLM
     assert frozen._shared_prefix(ids, lengths, {}) == 0
+
+
+def test_recbole_leaves_autograd_anomaly_mode_off(tiny_config_dict):
+    # RecBole's sine.py switches anomaly mode on when any RecBole sequential model is imported;
+    # it checks every gradient for NaN and made a training step about 1.6x slower
+    import recbole.model.sequential_recommender.sine  # noqa: F401
+
+    build(tiny_config_dict)
+    assert not torch.is_anomaly_enabled()
