@@ -13,7 +13,11 @@ by side, interleaved, repeated, medians:
 
 and the evaluation counterpart: all item vectors and the user vectors of ``--eval_users`` users
 (``model.all_item_vectors`` / ``model.user_vectors``) against bare no-grad forwards over the same
-prompts. Reports (a)/(b), tokens per second (real and padded tokens) and the padding share.
+prompts. Reports (a)/(b), tokens per second (real and padded tokens) and the padding share, for
+two ways of running the LLM calls on the same batches and sampled negatives: ``plain`` (one padded
+batch per call, every token computed: how the model ran before length groups and the prefix cache)
+and ``default`` (the configuration: ``llm_group_cost``, ``llm_prefix_cache``). The floor is always
+the plain padded batch the model handed its LLM, so (a)/(b) below 1 means work was saved.
 
     python benchmarks/step_floor.py --dataset=ml-100k --llm_path=smollm2-135m --steps=3 --repeats=3
 
@@ -156,13 +160,51 @@ def quick_teacher(common, teacher_checkpoint):
 
 
 def summary(seconds, real, padded):
-    median = statistics.median(seconds)
-    return {"seconds_median": median, "seconds_all": seconds, "real_tokens": real, "padded_tokens": padded,
-            "real_tokens_per_s": real / median, "padded_tokens_per_s": padded / median}
+    """Median seconds and throughput over measurements of ``real`` / ``padded`` tokens each (lists)."""
+    return {"seconds_median": statistics.median(seconds), "seconds_all": seconds,
+            "real_tokens": sum(real) / len(real), "padded_tokens": sum(padded) / len(padded),
+            "real_tokens_per_s": sum(real) / sum(seconds), "padded_tokens_per_s": sum(padded) / sum(seconds)}
 
 
-def time_training(model, trainer, train_data, steps, repeats, device):
-    """(a) full steps and (b) floors on ``steps`` real batches, ``repeats`` times each, interleaved."""
+# How the LLM calls run: "plain" is one padded batch per call with every token computed; "default"
+# is the configuration (length groups, shared-prefix cache).
+def variant_settings(config, name):
+    if name == "plain":
+        return {"group_cost": None, "prefix_cache": False}
+    if name == "default":
+        return {"group_cost": config["llm_group_cost"], "prefix_cache": config["llm_prefix_cache"]}
+    raise ValueError(f"unknown variant {name!r}: plain or default")
+
+
+def use_variant(model, config, name):
+    for key, value in variant_settings(config, name).items():
+        setattr(model.llm, key, value)
+
+
+def floor_of_recorded(calls, model, run, backward, device):
+    """Time the floor over the token batches ``calls`` recorded; add it and their token counts to
+    ``run``; return the seconds the recorded LLM forwards took."""
+    token_batches, forward_seconds = calls.take()
+    real, padded = token_counts(token_batches)
+    run["real"].append(real)
+    run["padded"].append(padded)
+    start = time.perf_counter()
+    bare_pass(model.llm, token_batches, backward=backward)
+    sync(device)
+    run["floor"].append(time.perf_counter() - start)
+    return forward_seconds
+
+
+def compare(full, floor, real, padded):
+    ratios = [a / b for a, b in zip(full, floor)]
+    return {"full": summary(full, real, padded), "floor": summary(floor, real, padded),
+            "ratio_median": statistics.median(ratios), "ratio_all": ratios,
+            "ratio_of_sums": sum(full) / sum(floor), "padding_share": 1 - sum(real) / sum(padded)}
+
+
+def time_training(model, trainer, config, train_data, steps, repeats, variants, device):
+    """(a) full steps and (b) floors on ``steps`` real batches, ``repeats`` times each, every variant
+    on the same batch with the same sampled negatives, interleaved."""
     import torch
 
     calls = LLMCalls(model)
@@ -171,38 +213,27 @@ def time_training(model, trainer, train_data, steps, repeats, device):
         batches.append(batch)
         if len(batches) == steps:
             break
-    full, floor, llm_forward, real_all, padded_all = [], [], [], [], []
+    runs = {name: {"full": [], "floor": [], "llm_forward": [], "real": [], "padded": []} for name in variants}
     model.train()
-    for _ in range(repeats):
-        for batch in batches:
-            with calls.recording():
-                full.append(timed_train_step(model, trainer.optimizer, batch, device))
-            token_batches, forward_seconds = calls.take()
-            llm_forward.append(forward_seconds)
-            real, padded = token_counts(token_batches)
-            real_all.append(real)
-            padded_all.append(padded)
-            start = time.perf_counter()
-            bare_pass(model.llm, token_batches, backward=True)
-            sync(device)
-            floor.append(time.perf_counter() - start)
-            del token_batches
-            trainer.optimizer.zero_grad(set_to_none=True)
-            release_memory(device)
-    real, padded = statistics.median(real_all), statistics.median(padded_all)
-    ratios = [a / b for a, b in zip(full, floor)]
-    return {
-        "steps": steps, "repeats": repeats, "rows_per_step": len(batches[0]),
-        "full_step": summary(full, real, padded),
-        "floor": summary(floor, real, padded),
-        "ratio_median": statistics.median(ratios),
-        "ratio_all": ratios,
-        "ratio_of_medians": statistics.median(full) / statistics.median(floor),
-        "llm_forward_seconds_median": statistics.median(llm_forward),
-        "padding_share": 1 - sum(real_all) / sum(padded_all),
-        "peak_memory_mb": peak_memory_mb(device),
-        "torch_threads": torch.get_num_threads(),
-    }
+    for repeat in range(repeats):
+        for index, batch in enumerate(batches):
+            for name in variants:
+                use_variant(model, config, name)
+                run = runs[name]
+                torch.manual_seed(1000 * repeat + index)  # the same negatives for every variant
+                with calls.recording():
+                    run["full"].append(timed_train_step(model, trainer.optimizer, batch, device))
+                run["llm_forward"].append(floor_of_recorded(calls, model, run, backward=True, device=device))
+                trainer.optimizer.zero_grad(set_to_none=True)
+                release_memory(device)
+    use_variant(model, config, "default")
+    result = {"steps": steps, "repeats": repeats, "rows_per_step": len(batches[0]),
+              "torch_threads": torch.get_num_threads()}
+    for name, run in runs.items():
+        result[name] = compare(run["full"], run["floor"], run["real"], run["padded"])
+        result[name]["llm_forward_seconds_median"] = statistics.median(run["llm_forward"])
+    result["peak_memory_mb"] = peak_memory_mb(device)
+    return result
 
 
 def time_loader(train_data):
@@ -211,52 +242,52 @@ def time_loader(train_data):
     return {"batches": count, "seconds_per_batch": (time.perf_counter() - start) / count}
 
 
-def time_evaluation(model, valid_data, eval_users, repeats, device):
-    """All item vectors and ``eval_users`` users' vectors, against bare forwards over the same prompts."""
+def time_evaluation(model, config, valid_data, eval_users, repeats, variants, device):
+    """All item vectors and ``eval_users`` users' vectors (0: all), each variant, against bare
+    no-grad forwards over the same prompts."""
     import torch
 
     calls = LLMCalls(model)
     model.eval()
-    result = {"items": {"full": [], "floor": []}, "users": {"full": [], "floor": []}}
-    counts = {}
+    runs = {(name, part): {"full": [], "floor": [], "real": [], "padded": []}
+            for name in variants for part in ("items", "users")}
+    users = 0
     for _ in range(repeats):
-        model.clear_cache()
-        for part in ("items", "users"):
-            sync(device)
-            start = time.perf_counter()
-            with calls.recording(), torch.no_grad():
-                if part == "items":
-                    model.all_item_vectors()
-                else:
-                    seen = set()
-                    for batch in valid_data:
-                        interaction = batch[0].to(device)
-                        model.user_vectors(interaction)
-                        seen.update(interaction[model.USER_ID].tolist())
-                        if eval_users and len(seen) >= eval_users:
-                            break
-                    counts["users"] = len(seen)
-            sync(device)
-            result[part]["full"].append(time.perf_counter() - start)
-            token_batches, _ = calls.take()
-            counts[part + "_tokens"] = token_counts(token_batches)
-            start = time.perf_counter()
-            bare_pass(model.llm, token_batches, backward=False)
-            sync(device)
-            result[part]["floor"].append(time.perf_counter() - start)
-    out = {"users": counts["users"], "items": model.n_items - 1, "repeats": repeats}
-    for part in ("items", "users"):
-        real, padded = counts[part + "_tokens"]
-        full, floor = result[part]["full"], result[part]["floor"]
-        out[part + "_vectors"] = {
-            "full": summary(full, real, padded), "floor": summary(floor, real, padded),
-            "ratio_of_medians": statistics.median(full) / statistics.median(floor),
-            "padding_share": 1 - real / padded,
+        for name in variants:
+            use_variant(model, config, name)
+            model.clear_cache()
+            for part in ("items", "users"):
+                run = runs[name, part]
+                sync(device)
+                start = time.perf_counter()
+                with calls.recording(), torch.no_grad():
+                    if part == "items":
+                        model.all_item_vectors()
+                    else:
+                        seen = set()
+                        for batch in valid_data:
+                            interaction = batch[0].to(device)
+                            model.user_vectors(interaction)
+                            seen.update(interaction[model.USER_ID].tolist())
+                            if eval_users and len(seen) >= eval_users:
+                                break
+                        users = len(seen)
+                sync(device)
+                run["full"].append(time.perf_counter() - start)
+                floor_of_recorded(calls, model, run, backward=False, device=device)
+    use_variant(model, config, "default")
+    result = {"users": users, "items": model.n_items - 1, "repeats": repeats}
+    for name in variants:
+        items, users_run = runs[name, "items"], runs[name, "users"]
+        full = [a + b for a, b in zip(items["full"], users_run["full"])]
+        floor = [a + b for a, b in zip(items["floor"], users_run["floor"])]
+        result[name] = {
+            "items_vectors": compare(items["full"], items["floor"], items["real"], items["padded"]),
+            "users_vectors": compare(users_run["full"], users_run["floor"], users_run["real"], users_run["padded"]),
+            "both": compare(full, floor, [a + b for a, b in zip(items["real"], users_run["real"])],
+                            [a + b for a, b in zip(items["padded"], users_run["padded"])]),
         }
-    full = statistics.median(result["items"]["full"]) + statistics.median(result["users"]["full"])
-    floor = statistics.median(result["items"]["floor"]) + statistics.median(result["users"]["floor"])
-    out["ratio_of_medians"] = full / floor
-    return out
+    return result
 
 
 def main():
@@ -266,6 +297,7 @@ def main():
     flags.add_argument("--repeats", type=int, default=3, help="timings of each batch (full and floor interleaved)")
     flags.add_argument("--eval_users", type=int, default=0, help="users whose vectors are timed (0: all)")
     flags.add_argument("--eval_repeats", type=int, default=1)
+    flags.add_argument("--variants", default="plain,default", help="plain (one padded batch per LLM call) and/or default")
     flags.add_argument("--teacher_checkpoint", default="", help="a SASRec checkpoint; empty: a one-epoch teacher")
     flags.add_argument("--llmsrec_config", default="{}", help="JSON dict of LLMSRec config overrides")
     args = flags.parse_args()
@@ -277,7 +309,7 @@ def main():
     device = config["device"]
     report = report_head(args, "step_floor.py", [
         f"--llm_path={args.llm_path}", f"--steps={args.steps}", f"--repeats={args.repeats}",
-        f"--eval_users={args.eval_users}", f"--eval_repeats={args.eval_repeats}",
+        f"--eval_users={args.eval_users}", f"--eval_repeats={args.eval_repeats}", f"--variants={args.variants}",
         f"--teacher_checkpoint={args.teacher_checkpoint}", f"--llmsrec_config='{args.llmsrec_config}'"])
     del report["models"]
     report.update(
@@ -286,13 +318,20 @@ def main():
         train_batch_size=config["train_batch_size"], llm_dtype=config["llm_dtype"],
     )
     report["loader"] = time_loader(train_data)
-    report["training"] = training = time_training(model, trainer, train_data, args.steps, args.repeats, device)
-    training["ratio_with_loader"] = (
-        training["full_step"]["seconds_median"] + report["loader"]["seconds_per_batch"]
-    ) / training["floor"]["seconds_median"]
+    variants = args.variants.split(",")
+    for name in variants:
+        variant_settings(config, name)
+    report["variants"] = {name: variant_settings(config, name) for name in variants}
+    report["training"] = training = time_training(
+        model, trainer, config, train_data, args.steps, args.repeats, variants, device)
+    for name in variants:
+        full = training[name]["full"]["seconds_all"]
+        training[name]["ratio_with_loader"] = (
+            sum(full) + len(full) * report["loader"]["seconds_per_batch"]) / sum(training[name]["floor"]["seconds_all"])
     print(json.dumps(training, indent=1), flush=True)
     if args.eval_repeats > 0:
-        report["evaluation"] = time_evaluation(model, valid_data, args.eval_users, args.eval_repeats, device)
+        report["evaluation"] = time_evaluation(
+            model, config, valid_data, args.eval_users, args.eval_repeats, variants, device)
         print(json.dumps(report["evaluation"], indent=1), flush=True)
     report["peak_memory_mb"] = peak_memory_mb(device)
 
