@@ -14,10 +14,11 @@ by side, interleaved, repeated, medians:
 and the evaluation counterpart: all item vectors and the user vectors of ``--eval_users`` users
 (``model.all_item_vectors`` / ``model.user_vectors``) against bare no-grad forwards over the same
 prompts. Reports (a)/(b), tokens per second (real and padded tokens) and the padding share, for
-two ways of running the LLM calls on the same batches and sampled negatives: ``plain`` (one padded
-batch per call, every token computed: how the model ran before length groups and the prefix cache)
-and ``default`` (the configuration: ``llm_group_cost``, ``llm_prefix_cache``). The floor is always
-the plain padded batch the model handed its LLM, so (a)/(b) below 1 means work was saved.
+ways of running the step on the same batches and sampled negatives: ``anomaly`` (as every run was
+while RecBole left autograd's anomaly mode on), ``plain`` (one padded batch per LLM call, every
+token computed: before length groups and the prefix cache) and ``default`` (the configuration:
+``llm_group_cost``, ``llm_prefix_cache``). The floor is always the plain padded batch the model
+handed its LLM, without anomaly mode, so (a)/(b) below 1 means work was saved.
 
     python benchmarks/step_floor.py --dataset=ml-100k --llm_path=smollm2-135m --steps=3 --repeats=3
 
@@ -167,17 +168,22 @@ def summary(seconds, real, padded):
 
 
 # How the LLM calls run: "plain" is one padded batch per call with every token computed; "default"
-# is the configuration (length groups, shared-prefix cache).
+# is the configuration (length groups, shared-prefix cache); "anomaly" is plain with autograd's
+# anomaly mode on, as every run was while RecBole's sine.py left it on (see compat.py).
 def variant_settings(config, name):
-    if name == "plain":
-        return {"group_cost": None, "prefix_cache": False}
+    if name in ("plain", "anomaly"):
+        return {"group_cost": None, "prefix_cache": False, "anomaly_mode": name == "anomaly"}
     if name == "default":
-        return {"group_cost": config["llm_group_cost"], "prefix_cache": config["llm_prefix_cache"]}
-    raise ValueError(f"unknown variant {name!r}: plain or default")
+        return {"group_cost": config["llm_group_cost"], "prefix_cache": config["llm_prefix_cache"], "anomaly_mode": False}
+    raise ValueError(f"unknown variant {name!r}: anomaly, plain or default")
 
 
 def use_variant(model, config, name):
-    for key, value in variant_settings(config, name).items():
+    import torch
+
+    settings = variant_settings(config, name)
+    torch.autograd.set_detect_anomaly(settings.pop("anomaly_mode"))
+    for key, value in settings.items():
         setattr(model.llm, key, value)
 
 
@@ -188,9 +194,12 @@ def floor_of_recorded(calls, model, run, backward, device):
     real, padded = token_counts(token_batches)
     run["real"].append(real)
     run["padded"].append(padded)
+    import torch
+
     start = time.perf_counter()
-    bare_pass(model.llm, token_batches, backward=backward)
-    sync(device)
+    with torch.autograd.set_detect_anomaly(False):  # the floor is always the bare LLM
+        bare_pass(model.llm, token_batches, backward=backward)
+        sync(device)
     run["floor"].append(time.perf_counter() - start)
     return forward_seconds
 
@@ -297,7 +306,8 @@ def main():
     flags.add_argument("--repeats", type=int, default=3, help="timings of each batch (full and floor interleaved)")
     flags.add_argument("--eval_users", type=int, default=0, help="users whose vectors are timed (0: all)")
     flags.add_argument("--eval_repeats", type=int, default=1)
-    flags.add_argument("--variants", default="plain,default", help="plain (one padded batch per LLM call) and/or default")
+    flags.add_argument("--variants", default="anomaly,plain,default",
+                       help="anomaly (plain under autograd anomaly mode), plain (one padded batch per LLM call), default")
     flags.add_argument("--teacher_checkpoint", default="", help="a SASRec checkpoint; empty: a one-epoch teacher")
     flags.add_argument("--llmsrec_config", default="{}", help="JSON dict of LLMSRec config overrides")
     args = flags.parse_args()
@@ -330,8 +340,9 @@ def main():
             sum(full) + len(full) * report["loader"]["seconds_per_batch"]) / sum(training[name]["floor"]["seconds_all"])
     print(json.dumps(training, indent=1), flush=True)
     if args.eval_repeats > 0:
-        report["evaluation"] = time_evaluation(
-            model, config, valid_data, args.eval_users, args.eval_repeats, variants, device)
+        # anomaly mode records nothing without gradients: evaluation compares plain and default only
+        report["evaluation"] = time_evaluation(model, config, valid_data, args.eval_users, args.eval_repeats,
+                                               [name for name in variants if name != "anomaly"], device)
         print(json.dumps(report["evaluation"], indent=1), flush=True)
     report["peak_memory_mb"] = peak_memory_mb(device)
 
