@@ -337,3 +337,21 @@ def test_recbole_leaves_autograd_anomaly_mode_off(tiny_config_dict):
 
     build(tiny_config_dict)
     assert not torch.is_anomaly_enabled()
+
+
+def test_quantised_loading_settings(monkeypatch):
+    import importlib.util
+
+    from recbole_llmsrec.llm import backbone
+
+    assert backbone.quantization_config(None, "float32", "cpu") is None
+    with pytest.raises(ValueError, match="llm_quantization must be one of"):
+        backbone.quantization_config("3bit", "float32", "cuda")
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "bitsandbytes" else find_spec(name, *a))
+    with pytest.raises(ValueError, match="needs a CUDA GPU"):
+        backbone.quantization_config("4bit", "float32", "cpu")
+    four = backbone.quantization_config("4bit", "float32", "cuda")
+    assert four.load_in_4bit and four.bnb_4bit_quant_type == "nf4" and four.bnb_4bit_compute_dtype == torch.bfloat16
+    assert backbone.quantization_config("4bit", "float16", "cuda:1").bnb_4bit_compute_dtype == torch.float16
+    assert backbone.quantization_config("8bit", "bfloat16", "cuda").load_in_8bit

@@ -131,7 +131,8 @@ def quantization_config(quantization, dtype, device):
 
     if quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
-    compute = DTYPES.get(dtype, torch.bfloat16)
+    # 4-bit weights are unpacked for each product into the compute dtype: half precision, not float32
+    compute = DTYPES[dtype] if dtype in ("bfloat16", "float16") else torch.bfloat16
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
 
 
