@@ -139,7 +139,8 @@ class TrustedCheckpointMixin:
         finally:
             if cpu_ddp:
                 config["single_spec"] = False
-        if cpu_ddp:
+        # a model with nothing to train (LLMSeqSim) needs no DDP, which would refuse it
+        if cpu_ddp and any(param.requires_grad for param in self.model.parameters()):
             self.distributed_model = DistributedDataParallel(self.model)
         if not config["single_spec"]:
             # every process saves to and reloads process 0's file
