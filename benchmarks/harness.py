@@ -97,7 +97,7 @@ def run_model(model_name, config_dict, queue):
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "total_params": sum(p.numel() for p in model.parameters()),
-        "checkpoint": trainer.saved_model_file,
+        "checkpoint": os.path.relpath(trainer.saved_model_file, REPO),  # results travel between checkouts
         "checkpoint_mb": os.path.getsize(trainer.saved_model_file) / 2**20,
         "torch_threads": torch.get_num_threads(),
     })

@@ -37,7 +37,7 @@ def main():
     llmsrec = run_in_child("LLMSRec", {
         **common,
         "llm_path": args.llm_path,
-        "teacher_checkpoint": sasrec["checkpoint"],
+        "teacher_checkpoint": os.path.join(REPO, sasrec["checkpoint"]),
         "epochs": args.llmsrec_epochs,
         **json.loads(args.llmsrec_config),
     })
