@@ -138,6 +138,8 @@ def start(args):
     if args.out:  # relative to where the command was given, not to the work folder
         args.out = os.path.abspath(args.out)
     args.workdir = os.path.abspath(args.workdir)
+    if getattr(args, "teacher_checkpoint", None):  # given relative to where the command ran
+        args.teacher_checkpoint = os.path.relpath(os.path.abspath(args.teacher_checkpoint), REPO)
     os.makedirs(args.workdir, exist_ok=True)
     os.chdir(args.workdir)
     return {

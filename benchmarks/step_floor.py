@@ -153,7 +153,7 @@ def build_llmsrec(config_dict):
 def quick_teacher(common, teacher_checkpoint):
     """Step cost does not depend on the teacher's quality: without a checkpoint, a one-epoch teacher."""
     if teacher_checkpoint:
-        return {"teacher_checkpoint": teacher_checkpoint}
+        return {"teacher_checkpoint": os.path.join(REPO, teacher_checkpoint)}
     from recbole_llmsrec.config import Config
 
     teacher = dict(Config(model="LLMSRec", config_dict=common)["teacher_config"])
