@@ -29,7 +29,7 @@ from torch.nn import functional as F
 
 from recbole_llmsrec.llm.backbone import LLMBackbone
 from recbole_llmsrec.llm.encoder import item_text_embeddings
-from recbole_llmsrec.llm.scoring import answer_labels, label_loss, shuffled_candidates
+from recbole_llmsrec.llm.scoring import answer_labels, label_loss, seeded_generator, shuffled_candidates
 from recbole_llmsrec.llm.text import PromptBuilder, history_windows, read_item_text
 from recbole_llmsrec.model.layers import ProjectionMLP
 from recbole_llmsrec.model.retrieval import LLMRetrievalMixin
@@ -207,7 +207,7 @@ class ALLMRec(LLMRetrievalMixin, SequentialRecommender):
         return label_loss(self.llm.model, embeds, attention_mask, labels)
 
     def _user_generator(self, user):
-        return torch.Generator().manual_seed(self.seed * 1_000_003 + int(user))
+        return seeded_generator(self.seed, user)
 
     def title_likelihood_predict(self, interaction):
         """Per user block of rows: one prompt listing its candidates (shuffled), one score per row."""
