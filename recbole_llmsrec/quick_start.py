@@ -5,6 +5,7 @@ These repeat ``recbole.quick_start`` step by step without importing it (it impor
 for an LLM).
 """
 
+import os
 from collections.abc import MutableMapping
 from logging import getLogger
 
@@ -42,6 +43,9 @@ def run_recbole_llmsrec(model=None, dataset=None, config_file_list=None, config_
     """
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
     init_seed(config["seed"], config["reproducibility"])
+    # RecBole creates these with check-then-make (ensure_dir): processes of one run would race
+    for folder in (os.path.join("log", config["model"]), config["checkpoint_dir"]):
+        os.makedirs(folder, exist_ok=True)
     init_logger(config)
     logger = getLogger()
     logger.info(config)
