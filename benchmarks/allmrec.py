@@ -13,7 +13,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import REPO, parser, report_head, run_in_child, start  # noqa: E402
+from harness import parser, report_head, report_path, run_in_child, start, write_report  # noqa: E402
 
 
 def main():
@@ -37,9 +37,8 @@ def main():
         f"--llm_path={args.llm_path}", f"--allmrec_config='{args.allmrec_config}'"])
     report.update(allmrec_overrides=overrides, teacher_checkpoint=args.teacher_checkpoint)
     report["models"] = {"ALLMRec": result}
-    out = args.out or os.path.join(REPO, "benchmarks", "results", f"allmrec_{args.dataset}.json")
-    with open(out, "w") as f:
-        json.dump(report, f, indent=1)
+    out = report_path(args, "allmrec")
+    write_report(report, out)
     print(f"wrote {out}")
 
 

@@ -22,7 +22,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import REPO, parser, report_head, run_in_child, start  # noqa: E402
+from harness import parser, report_head, report_path, run_in_child, start, write_report  # noqa: E402
 
 MODELS = ("TALLRec", "CoLLM", "LLaRA")
 
@@ -90,15 +90,14 @@ def main():
         f"--native_users={args.native_users}", f"--models={args.models}", f"--llm_path={args.llm_path}",
         f"--baselines_config='{args.baselines_config}'"])
     report.update(baselines_overrides=overrides, teacher_checkpoint=args.teacher_checkpoint)
-    out = args.out or os.path.join(REPO, "benchmarks", "results", f"baselines_{args.dataset}.json")
+    out = report_path(args, "baselines")
     for name in args.models.split(","):
         epochs = {"epochs": args.epochs, "collm_lora_epochs": args.epochs} if name == "CoLLM" else {"epochs": args.epochs}
         result = run_in_child(name, {**shared, **epochs, "scoring": "retrieval"})
         result["native_scoring"] = run_in_child(name, shared, native_scoring_speed, args.native_users)
         print(json.dumps(result, indent=1), flush=True)
         report["models"][name] = result
-        with open(out, "w") as f:  # after every model, so a stopped run keeps what it measured
-            json.dump(report, f, indent=1)
+        write_report(report, out)  # after every model, so a stopped run keeps what it measured
     print(f"wrote {out}")
 
 

@@ -24,7 +24,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import REPO, parser, report_head, start  # noqa: E402
+from harness import parser, report_head, report_path, start, write_report  # noqa: E402
 from step_floor import build_llmsrec, peak_memory_mb, quick_teacher, sync, time_loader, timed_train_step  # noqa: E402
 
 
@@ -134,7 +134,7 @@ def main():
         f"--teacher_checkpoint={args.teacher_checkpoint}", f"--llmsrec_config='{args.llmsrec_config}'"])
     del report["models"]
     report.update(llmsrec_overrides=overrides, by_users=[], by_history=[])
-    out = args.out or os.path.join(REPO, "benchmarks", "results", f"growth_{args.dataset}.json")
+    out = report_path(args, "growth")
     plan = [("by_users", n, None) for n in users] + [("by_history", users[-1], h) for h in history]
     for series, n, h in plan:
         settings = {**base, "data_path": user_subset(data_path, args.dataset, n, args.workdir)}
@@ -143,8 +143,7 @@ def main():
         result = measure(settings, args.steps, args.eval_users, n <= args.real_epoch_users)
         report[series].append(result)
         print(series, json.dumps(result), flush=True)
-        with open(out, "w") as f:  # after every setting: a stopped run keeps what it measured
-            json.dump(report, f, indent=1)
+        write_report(report, out)  # after every setting: a stopped run keeps what it measured
     print(f"wrote {out}")
 
 

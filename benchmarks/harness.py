@@ -164,3 +164,13 @@ def report_head(args, script, flags):
         "command": command.strip(),
         "models": {},
     }
+
+
+def report_path(args, name):
+    """``--out``, or ``benchmarks/results/<name>_<dataset>.json``."""
+    return args.out or os.path.join(REPO, "benchmarks", "results", f"{name}_{args.dataset}.json")
+
+
+def write_report(report, out):
+    with open(out, "w") as f:
+        json.dump(report, f, indent=1)

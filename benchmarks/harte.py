@@ -15,7 +15,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import REPO, parser, report_head, run_in_child, start  # noqa: E402
+from harness import parser, report_head, report_path, run_in_child, start, write_report  # noqa: E402
 
 MODELS = ("LLMSeqSim", "SASRec", "LLM2SASRec", "BERT4Rec", "LLM2BERT4Rec")
 
@@ -26,14 +26,13 @@ def main():
     flags.add_argument("--epochs", type=int, default=10)
     args = flags.parse_args()
     common = {**start(args), "epochs": args.epochs}
-    out = args.out or os.path.join(REPO, "benchmarks", "results", f"harte_{args.dataset}.json")
+    out = report_path(args, "harte")
     report = report_head(args, "harte.py", [f"--models={args.models}", f"--epochs={args.epochs}"])
     for model in args.models.split(","):
         result = run_in_child(model, common)
         print(json.dumps(result, indent=1), flush=True)
         report["models"][model] = result
-        with open(out, "w") as f:  # after every model: a partial report survives an interruption
-            json.dump(report, f, indent=1)
+        write_report(report, out)  # after every model: a partial report survives an interruption
     print(f"wrote {out}")
 
 

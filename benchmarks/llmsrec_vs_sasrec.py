@@ -15,7 +15,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import REPO, parser, report_head, run_in_child, start  # noqa: E402
+from harness import REPO, parser, report_head, report_path, run_in_child, start, write_report  # noqa: E402
 
 
 def main():
@@ -48,9 +48,8 @@ def main():
         f"--llm_path={args.llm_path}", f"--llmsrec_config='{args.llmsrec_config}'"])
     report.update(llmsrec_overrides=json.loads(args.llmsrec_config), teacher_settings=teacher_settings)
     report["models"] = {"SASRec": sasrec, "LLMSRec": llmsrec}
-    out = args.out or os.path.join(REPO, "benchmarks", "results", f"llmsrec_vs_sasrec_{args.dataset}.json")
-    with open(out, "w") as f:
-        json.dump(report, f, indent=1)
+    out = report_path(args, "llmsrec_vs_sasrec")
+    write_report(report, out)
     print(f"wrote {out}")
 
 

@@ -24,7 +24,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import REPO, parser, report_head, start  # noqa: E402
+from harness import parser, report_head, report_path, start, write_report  # noqa: E402
 from step_floor import (  # noqa: E402
     LLMCalls, bare_pass, build_llmsrec, peak_memory_mb, quick_teacher, release_memory, sync, token_counts,
 )
@@ -195,9 +195,8 @@ def main():
         table, rows = profile_one_step(model, trainer, next(iter(train_data)), device)
         print(table, flush=True)
         report["profile_one_step"] = rows
-    out = args.out or os.path.join(REPO, "benchmarks", "results", f"epoch_{args.dataset}.json")
-    with open(out, "w") as f:
-        json.dump(report, f, indent=1)
+    out = report_path(args, "epoch")
+    write_report(report, out)
     print(f"wrote {out}")
 
 

@@ -34,7 +34,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import REPO, parser, report_head, start  # noqa: E402
+from harness import REPO, parser, report_head, report_path, start, write_report  # noqa: E402
 
 
 def sync(device):
@@ -346,9 +346,8 @@ def main():
         print(json.dumps(report["evaluation"], indent=1), flush=True)
     report["peak_memory_mb"] = peak_memory_mb(device)
 
-    out = args.out or os.path.join(REPO, "benchmarks", "results", f"step_floor_{args.dataset}.json")
-    with open(out, "w") as f:
-        json.dump(report, f, indent=1)
+    out = report_path(args, "step_floor")
+    write_report(report, out)
     print(f"wrote {out}")
 
 
