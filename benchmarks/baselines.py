@@ -11,10 +11,19 @@ difference. Each model runs in its own processes.
     python benchmarks/baselines.py --dataset=ml-100k --teacher_checkpoint=benchmarks/runs/saved/SASRec-....pth \\
         --epochs=1 --native_users=5 --baselines_config='{"prompt_show_dates": false, "learning_rate": 0.001}'
 
+With ``--retrieval_from=results/<dataset>/runs`` the retrieval training is not repeated: each
+model's numbers are read from its record in a leaderboard run (``python -m
+recbole_llmsrec.leaderboard``, which trains and tests every model once with one split, seed and
+evaluation), and only the native scoring is timed here. The record's file and settings are named in
+the report.
+
 Writes ``benchmarks/results/baselines_<dataset>.json``: per model the metrics, time per epoch
-(per step for CoLLM), trainable parameters, and the native scoring timings.
+(per step for CoLLM), trainable parameters, and the native scoring timings. The native timing
+scores with freshly initialised adapters and projectors: its cost and the cached/naive agreement
+do not depend on what was learnt.
 """
 
+import glob
 import json
 import os
 import statistics
@@ -22,7 +31,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import parser, report_head, report_path, run_in_child, start, write_report  # noqa: E402
+from harness import (  # noqa: E402
+    METRICS, REPO, parser, report_head, report_path, run_in_child, start, write_report)
 
 MODELS = ("TALLRec", "CoLLM", "LLaRA")
 
@@ -70,6 +80,56 @@ def native_scoring_speed(model_name, config_dict, users, queue):
     })
 
 
+# settings of a leaderboard record worth showing beside its numbers
+RECORD_SETTINGS = ("llm_path", "teacher_checkpoint", "scoring", "epochs", "learning_rate", "collm_lora_epochs",
+                   "collm_lora_learning_rate", "train_batch_size", "prompt_show_dates", "prompt_history_len",
+                   "eval_batch_size", "seed")
+
+
+def leaderboard_result(folder, model_name, dataset, seed):
+    """The newest leaderboard record of ``model_name`` in ``folder``, as this benchmark reports it."""
+    paths = [path for path in glob.glob(os.path.join(folder, f"{model_name}-*.json"))
+             if not path.endswith(".settings.json")]
+    found = []
+    for path in paths:
+        with open(path) as f:
+            record = json.load(f)
+        with open(path[: -len(".json")] + ".settings.json") as f:
+            settings = json.load(f)["settings"]
+        if record["model"] == model_name and record["dataset"] == dataset and settings["seed"] == seed:
+            found.append((record["date"], path, record, settings))
+    if not found:
+        raise SystemExit(
+            f"no leaderboard record of {model_name} on {dataset} with seed {seed} in {folder}; run "
+            f"python -m recbole_llmsrec.leaderboard --dataset={dataset} --seed={seed} --models={model_name} first, "
+            f"or leave out --retrieval_from to train it here")
+    _, path, record, settings = max(found, key=lambda item: item[0])
+    if settings.get("scoring") != "retrieval":
+        raise SystemExit(f"{path} was trained with scoring: {settings.get('scoring')}; the benchmark reports retrieval")
+    epochs = record.get("train_seconds_per_epoch_all")
+    return {
+        "model": model_name,
+        "source": os.path.relpath(path, REPO),
+        "source_date": record["date"],
+        "source_commit": record.get("commit"),
+        "settings": {key: settings.get(key) for key in RECORD_SETTINGS},
+        "metrics": {mode: {m: float(result[m]) for m in METRICS} for mode, result in record["results"].items()},
+        "best_valid": record["best_valid"],
+        "epochs_run": record["epochs_run"],
+        # median: robust to an epoch slowed by other work on a shared machine; older records hold
+        # only the fit's wall time (epochs and their validation together)
+        "train_seconds_per_epoch": statistics.median(epochs) if epochs else None,
+        "train_seconds_per_epoch_all": epochs,
+        "valid_seconds_all": record.get("valid_seconds_all"),
+        "fit_seconds": record["train_seconds"],
+        "eval_seconds": record["eval_seconds"],
+        "peak_rss_mb": record.get("peak_rss_mb"),
+        "trainable_params": record["trainable_params"],
+        "total_params": record["total_params"],
+        "checkpoint": record["checkpoint"],
+    }
+
+
 def main():
     flags = parser(__doc__)
     flags.add_argument("--teacher_checkpoint", default=None,
@@ -79,7 +139,11 @@ def main():
     flags.add_argument("--models", default=",".join(MODELS))
     flags.add_argument("--llm_path", default="smollm2-135m")
     flags.add_argument("--baselines_config", default="{}", help="JSON dict of config overrides for the three models")
+    flags.add_argument("--retrieval_from", default=None,
+                       help="a leaderboard's runs folder (results/<dataset>/runs): read the retrieval numbers from "
+                            "its records instead of training here")
     args = flags.parse_args()
+    retrieval_from = os.path.abspath(args.retrieval_from) if args.retrieval_from else None
     teacher = os.path.abspath(args.teacher_checkpoint) if args.teacher_checkpoint else None
     common = start(args)
     overrides = json.loads(args.baselines_config)
@@ -88,12 +152,16 @@ def main():
     report = report_head(args, "baselines.py", [
         f"--teacher_checkpoint={args.teacher_checkpoint}", f"--epochs={args.epochs}",
         f"--native_users={args.native_users}", f"--models={args.models}", f"--llm_path={args.llm_path}",
-        f"--baselines_config='{args.baselines_config}'"])
+        f"--baselines_config='{args.baselines_config}'"]
+        + ([f"--retrieval_from={args.retrieval_from}"] if args.retrieval_from else []))
     report.update(baselines_overrides=overrides, teacher_checkpoint=args.teacher_checkpoint)
     out = report_path(args, "baselines")
     for name in args.models.split(","):
         epochs = {"epochs": args.epochs, "collm_lora_epochs": args.epochs} if name == "CoLLM" else {"epochs": args.epochs}
-        result = run_in_child(name, {**shared, **epochs, "scoring": "retrieval"})
+        if retrieval_from:
+            result = leaderboard_result(retrieval_from, name, args.dataset, args.seed)
+        else:
+            result = run_in_child(name, {**shared, **epochs, "scoring": "retrieval"})
         result["native_scoring"] = run_in_child(name, shared, native_scoring_speed, args.native_users)
         print(json.dumps(result, indent=1), flush=True)
         report["models"][name] = result

@@ -35,6 +35,7 @@ import json
 import multiprocessing
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -140,14 +141,20 @@ def train_and_evaluate(model_name, config_dict, shuffle_scopes=()):
     start = time.perf_counter()
     dataset, train_data, valid_data, test_data, model, trainer = _build(config)
     setup_seconds = time.perf_counter() - start
-    epochs = []
-    train_epoch = trainer._train_epoch
+    epoch_seconds, valid_seconds = [], []
+    train_epoch, valid_epoch = trainer._train_epoch, trainer._valid_epoch
 
-    def counted_train_epoch(*args, **kwargs):
-        epochs.append(1)
-        return train_epoch(*args, **kwargs)
+    def timed(method, seconds):
+        def wrapped(*args, **kwargs):
+            began = time.perf_counter()
+            result = method(*args, **kwargs)
+            seconds.append(time.perf_counter() - began)
+            return result
 
-    trainer._train_epoch = counted_train_epoch
+        return wrapped
+
+    trainer._train_epoch = timed(train_epoch, epoch_seconds)
+    trainer._valid_epoch = timed(valid_epoch, valid_seconds)
     start = time.perf_counter()
     _, best_valid_result = trainer.fit(train_data, valid_data, saved=True, show_progress=show_progress)
     train_seconds = time.perf_counter() - start
@@ -186,10 +193,14 @@ def train_and_evaluate(model_name, config_dict, shuffle_scopes=()):
         "train_seconds": train_seconds,
         "setup_seconds": setup_seconds,
         "eval_seconds": eval_seconds,
-        "epochs_run": len(epochs),
+        "epochs_run": len(epoch_seconds),
+        # per training epoch and per validation pass, in order (a staged trainer's stages one after another)
+        "train_seconds_per_epoch_all": epoch_seconds,
+        "valid_seconds_all": valid_seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "trainable_params": sum(p.numel() for name, p in model.named_parameters() if name in trained),
         "total_params": sum(p.numel() for p in model.parameters()),
-        "checkpoint": os.path.abspath(trainer.saved_model_file),
+        "checkpoint": os.path.relpath(trainer.saved_model_file),  # records travel between checkouts
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}, "
                    f"{'GPU ' + torch.cuda.get_device_name() if config['use_gpu'] and torch.cuda.is_available() else 'CPU'}",

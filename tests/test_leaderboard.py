@@ -51,6 +51,14 @@ def test_leaderboard_runs_every_model_once_and_resumes(tiny_config_dict, tiny_en
     records = {path: json.loads((folder / "runs" / path).read_text()) for path in os.listdir(folder / "runs")
                if not path.endswith(".settings.json")}
     assert len(records) == 2 and len({json.dumps(r["users"]) for r in records.values()}) == 1
+    # cost per epoch and per validation pass; LLMSeqSim trains nothing and validates once
+    by_model = {r["model"]: r for r in records.values()}
+    sasrec = by_model["SASRec"]
+    assert sasrec["epochs_run"] == len(sasrec["train_seconds_per_epoch_all"]) == tiny_config_dict["epochs"]
+    assert len(sasrec["valid_seconds_all"]) == sasrec["epochs_run"] and sasrec["peak_rss_mb"] > 0
+    assert 0 < sum(sasrec["train_seconds_per_epoch_all"]) + sum(sasrec["valid_seconds_all"]) <= sasrec["train_seconds"]
+    assert by_model["LLMSeqSim"]["train_seconds_per_epoch_all"] == []
+    assert not os.path.isabs(sasrec["checkpoint"]) and os.path.isfile(sasrec["checkpoint"])
     mtimes = {path: os.path.getmtime(folder / "runs" / path) for path in records}
 
     # the same call again trains nothing; a changed setting or --rerun trains that model again
