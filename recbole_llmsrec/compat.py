@@ -148,6 +148,17 @@ class TrustedCheckpointMixin:
             dist.broadcast_object_list(names, src=0)
             self.saved_model_file = names[0]
 
+    def wrap_distributed(self):
+        """Wrap the model in DDP again: DDP fixes the parameters it synchronises (those requiring
+        grad) when it wraps, so a trainer that changes them between stages calls this after."""
+        if self.config["single_spec"]:
+            return
+        self.distributed_model = None  # drop the old wrapper and its gradient hooks first
+        if self.config["device"].type == "cpu":
+            self.distributed_model = DistributedDataParallel(self.model)
+        else:
+            self.distributed_model = DistributedDataParallel(self.model, device_ids=[self.config["local_rank"]])
+
     def sync_grad_loss(self):
         # RecBole adds 0 * sum(p) over every parameter so that DDP sees a gradient for each; a
         # frozen LLM needs none (and summing billions of frozen weights every step is not free)
@@ -190,6 +201,13 @@ class TrustedCheckpointMixin:
         self.best_valid_result = checkpoint.get("best_valid_result")
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self._resume_rng = checkpoint.get("rng_state")
+        if isinstance(self._resume_rng, list):  # a distributed run's: one per process, in rank order
+            distributed = not self.config["single_spec"]
+            if len(self._resume_rng) != (dist.get_world_size() if distributed else 1):
+                raise ValueError(
+                    f"resume_checkpoint {resume_file!r} was written by {len(self._resume_rng)} processes; resume "
+                    f"it with as many (nproc, world_size)")
+            self._resume_rng = self._resume_rng[dist.get_rank() if distributed else 0]
         self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
@@ -208,6 +226,11 @@ class TrustedCheckpointMixin:
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
         distributed = not self.config["single_spec"]
         saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
+        random_state = rng_state(self._train_generator)
+        if distributed:  # every process's own random streams, so that each resumes its own
+            states = [None] * dist.get_world_size()
+            dist.all_gather_object(states, random_state)
+            random_state = states
         if not distributed or self.config["local_rank"] == 0:
             state = {
                 "config": self.config,
@@ -218,7 +241,7 @@ class TrustedCheckpointMixin:
                 "state_dict": self.checkpoint_state_dict(),
                 "other_parameter": self.model.other_parameter(),
                 "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
-                "rng_state": rng_state(self._train_generator),
+                "rng_state": random_state,
             }
             atomic_torch_save(state, saved_model_file)
             if verbose:

@@ -80,6 +80,7 @@ class StagedTrainer(LLMTrainer):
         for name, param in self.model.named_parameters():
             param.requires_grad_(name.startswith(trained))
         self.model.set_stage(stage)
+        self.wrap_distributed()  # DDP must synchronise this stage's parameters
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         stem = self.saved_model_file[: -len(".pth")] if self.saved_model_file.endswith(".pth") else self.saved_model_file
