@@ -126,7 +126,13 @@ def test_title_likelihood_training_and_scoring(allmrec_config):
     with torch.no_grad():
         embeds, _ = model._prompt_embeds([prompt], soft_items, seq, length)
         reference = naive_continuation_logprobs(model.llm.model, embeds[0], [model.answer(i) for i in candidates])
-    assert torch.allclose(scores[rows], reference, atol=1e-4)
+        raw = model.title_likelihood_predict(batch, tie_break=False)[rows]
+    assert torch.allclose(raw, reference, atol=1e-4)
+    # the tie-break reorders equal scores only, and leaves none equal
+    block = scores[rows]
+    differ = raw[:, None] != raw[None, :]
+    assert torch.equal(torch.sign(block[:, None] - block[None, :])[differ], torch.sign(raw[:, None] - raw[None, :])[differ])
+    assert len(block.unique()) == len(block)
 
     with pytest.raises(NotImplementedError, match="uni19"):
         model.full_sort_predict(batch)

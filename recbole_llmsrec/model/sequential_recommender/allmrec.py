@@ -209,9 +209,10 @@ class ALLMRec(LLMRetrievalMixin, SequentialRecommender):
     def _user_generator(self, user):
         return seeded_generator(self.seed, user)
 
-    def title_likelihood_predict(self, interaction):
-        """Per user block of rows: one prompt listing its candidates (shuffled), one score per row."""
-        from recbole_llmsrec.llm.scoring import continuation_logprobs
+    def title_likelihood_predict(self, interaction, tie_break=True):
+        """Per user block of rows: one prompt listing its candidates (shuffled), one score per row:
+        the log-likelihood of the candidate's title, exact ties (equal titles) broken at random."""
+        from recbole_llmsrec.llm.scoring import break_ties, continuation_logprobs
 
         users = interaction[self.USER_ID]
         item_seq, item_seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
@@ -233,9 +234,8 @@ class ALLMRec(LLMRetrievalMixin, SequentialRecommender):
             history = history_windows(item_seq[rows[:1]], item_seq_len[rows[:1]], self.prompt_history_len)[0][0]
             prompt, soft_items = self.listwise_prompt(history, [candidates[i] for i in order])
             embeds, _ = self._prompt_embeds([prompt], soft_items, item_seq[rows[:1]], item_seq_len[rows[:1]])
-            logprobs = continuation_logprobs(self.llm.model, embeds[0], [self.answer(item) for item in candidates])
-            jitter = torch.rand(size, generator=generator) * 1e-6  # equal titles: ties broken at random
-            scores[rows] = logprobs.float().to(scores.device) + jitter.to(scores.device)
+            logprobs = continuation_logprobs(self.llm.model, embeds[0], [self.answer(item) for item in candidates]).float()
+            scores[rows] = (break_ties(logprobs, generator) if tie_break else logprobs).to(scores.device)
         return scores
 
     # ---- RecBole's surface -----------------------------------------------------------------------
