@@ -236,6 +236,15 @@ def test_llm_representations_and_checkpoint_round_trip(tiny_config_dict):
     vectors = user_representations(trainer.model, rows)
     assert vectors["h_U"].shape == (4, trainer.model.llm.hidden_size) and vectors["user_vec"].shape == (4, 16)
     assert torch.allclose(trainer.model.user_head(vectors["h_U"]), vectors["user_vec"], atol=1e-5)
+    with torch.no_grad():  # h_U is the LLM's state at [UserOut], as user_repr computes it
+        direct = trainer.model.user_repr(rows["item_id_list"], rows["item_length"], rows["timestamp_list"])
+    assert torch.allclose(vectors["h_U"], direct, atol=1e-4)
+    # both come from the evaluation cache: asking again runs no LLM call
+    encode, calls = trainer.model.llm.encode, []
+    trainer.model.llm.encode = lambda *args, **kwargs: calls.append(1) or encode(*args, **kwargs)
+    again = user_representations(trainer.model, rows)
+    trainer.model.llm.encode = encode
+    assert not calls and torch.equal(again["h_U"], vectors["h_U"])
 
     in_process = shuffle_diagnostic(trainer, test_data, scopes=("prompt_window",))["prompt_window"]
     assert 0 < in_process["cosine"]["h_U"] < 1 and 0 < in_process["cosine"]["user_vec"] <= 1

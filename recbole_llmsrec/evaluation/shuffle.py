@@ -76,8 +76,8 @@ def user_representations(model, interaction):
 
     item_seq, item_seq_len = interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN]
     if isinstance(model, LLMRetrievalMixin) and getattr(model, "scoring", "retrieval") == "retrieval":
-        time_seq = interaction[model.TIME_SEQ] if model.TIME_SEQ else None
-        return {"user_vec": model.user_vectors(interaction), "h_U": model.user_repr(item_seq, item_seq_len, time_seq)}
+        h_u, user_vec = model.user_states(interaction)  # cached by the evaluation pass before
+        return {"user_vec": user_vec, "h_U": h_u}
     if isinstance(model, LLMSeqSim):
         return {"user_vec": model.user_vectors(item_seq, item_seq_len)}
     if isinstance(model, BERT4Rec):  # as BERT4Rec.full_sort_predict: a [MASK] after the history

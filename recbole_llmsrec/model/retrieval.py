@@ -123,6 +123,12 @@ class LLMRetrievalMixin:
 
     def user_vectors(self, interaction):
         """f_user(h_U) per row of an evaluation batch; each distinct (user, history) runs once."""
+        return self.user_states(interaction)[1]
+
+    def user_states(self, interaction):
+        """``(h_U, f_user(h_U))`` per row of an evaluation batch. Each distinct (user, history) runs
+        through the LLM once and both are cached until the parameters change, so that a diagnostic
+        reading h_U after an evaluation pass costs no LLM call."""
         item_seq, item_seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
         time_seq = interaction[self.TIME_SEQ] if self.TIME_SEQ else None
         key = torch.cat([interaction[self.USER_ID].unsqueeze(1), item_seq_len.unsqueeze(1), item_seq], dim=1)
@@ -137,13 +143,16 @@ class LLMRetrievalMixin:
 
             def compute(index):
                 with torch.no_grad():
-                    return self.user_head(self.user_repr(
-                        item_seq[rows[index]], item_seq_len[rows[index]], times[index] if times is not None else None))
+                    state = self.user_repr(
+                        item_seq[rows[index]], item_seq_len[rows[index]], times[index] if times is not None else None)
+                    return torch.cat([state, self.user_head(state)], dim=1)
 
-            vectors = self._chunked(compute, todo, item_seq_len[rows].tolist(), "User vectors")
-            for i, vector in zip(todo, vectors):
-                self._user_vectors[cache_keys[i]] = vector
-        return torch.stack([self._user_vectors[cache_key] for cache_key in cache_keys])[inverse]
+            states = self._chunked(compute, todo, item_seq_len[rows].tolist(), "User vectors")
+            for i, state in zip(todo, states):
+                self._user_vectors[cache_keys[i]] = state
+        states = torch.stack([self._user_vectors[cache_key] for cache_key in cache_keys])[inverse]
+        d_llm = self.user_out_token.shape[-1]
+        return states[:, :d_llm], states[:, d_llm:]
 
     # ---- training ----------------------------------------------------------------------------
 
