@@ -139,9 +139,8 @@ class TrustedCheckpointMixin:
         finally:
             if cpu_ddp:
                 config["single_spec"] = False
-        # a model with nothing to train (LLMSeqSim) needs no DDP, which would refuse it
-        if cpu_ddp and any(param.requires_grad for param in self.model.parameters()):
-            self.distributed_model = DistributedDataParallel(self.model)
+        if cpu_ddp:
+            self.wrap_distributed()
         if not config["single_spec"]:
             # every process saves to and reloads process 0's file
             names = [self.saved_model_file]
@@ -154,10 +153,10 @@ class TrustedCheckpointMixin:
         if self.config["single_spec"]:
             return
         self.distributed_model = None  # drop the old wrapper and its gradient hooks first
-        if self.config["device"].type == "cpu":
-            self.distributed_model = DistributedDataParallel(self.model)
-        else:
-            self.distributed_model = DistributedDataParallel(self.model, device_ids=[self.config["local_rank"]])
+        # a model with nothing to train (LLMSeqSim) needs no DDP, which would refuse it
+        if any(param.requires_grad for param in self.model.parameters()):
+            cpu = self.config["device"].type == "cpu"
+            self.distributed_model = DistributedDataParallel(self.model, device_ids=None if cpu else [self.config["local_rank"]])
 
     def sync_grad_loss(self):
         # RecBole adds 0 * sum(p) over every parameter so that DDP sees a gradient for each; a
