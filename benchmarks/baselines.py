@@ -32,7 +32,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (  # noqa: E402
-    METRICS, REPO, parser, report_head, report_path, run_in_child, start, write_report)
+    METRICS, REPO, native_test_batch, parser, report_head, report_path, run_in_child, start, write_report)
 
 MODELS = ("TALLRec", "CoLLM", "LLaRA")
 
@@ -40,20 +40,10 @@ MODELS = ("TALLRec", "CoLLM", "LLaRA")
 def native_scoring_speed(model_name, config_dict, users, queue):
     """Time cached and naive native scoring of the first ``users`` test users (runs in a child process)."""
     import torch
-    from recbole.utils import init_logger, init_seed
 
-    from recbole_llmsrec.config import Config
-    from recbole_llmsrec.quick_start import _build
-
-    config = Config(model=model_name, config_dict={**config_dict, "scoring": "native"})
-    init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
-    _, _, _, test_data, model, _ = _build(config)
-    model.eval()
-    interaction = next(iter(test_data))[0]
-    user_ids = interaction[model.USER_ID]
+    config, model, interaction, blocks = native_test_batch(model_name, config_dict)
     # one more user than timed: the first warms both paths up (allocator, first calls) untimed
-    blocks = torch.unique_consecutive(user_ids, return_counts=True)[1].tolist()[: users + 1]
+    blocks = blocks[: users + 1]
     timings = {"cached": [], "naive": []}
     largest_difference, start = 0.0, 0
     with torch.no_grad():

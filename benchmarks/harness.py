@@ -103,6 +103,26 @@ def run_model(model_name, config_dict, queue):
     })
 
 
+def native_test_batch(model_name, config_dict):
+    """``(config, model, interaction, blocks)``: the model built with ``scoring: native`` (freshly
+    initialised adapters and projectors) in eval mode, its first test batch, and the sizes of the
+    batch's per-user row blocks in order. For children that time or compare native scoring."""
+    import torch
+    from recbole.utils import init_logger, init_seed
+
+    from recbole_llmsrec.config import Config
+    from recbole_llmsrec.quick_start import _build
+
+    config = Config(model=model_name, config_dict={**config_dict, "scoring": "native"})
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    _, _, _, test_data, model, _ = _build(config)
+    model.eval()
+    interaction = next(iter(test_data))[0]
+    blocks = torch.unique_consecutive(interaction[model.USER_ID], return_counts=True)[1].tolist()
+    return config, model, interaction, blocks
+
+
 def run_in_child(model_name, config_dict, target=None, *args):
     """``target(model_name, config_dict, *args, queue)`` (default :func:`run_model`) in a child process;
     returns what it puts on the queue. ``target`` must be importable (a module-level function)."""

@@ -18,30 +18,22 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import REPO, parser, report_head, report_path, run_in_child, start, write_report  # noqa: E402
+from harness import (  # noqa: E402
+    REPO, native_test_batch, parser, report_head, report_path, run_in_child, start, write_report)
 
 
 def agreement(model_name, config_dict, users, queue):
     """Per user of the first test batch: cached and naive listwise scores compared (in a child process)."""
     import torch
-    from recbole.utils import init_logger, init_seed
 
-    from recbole_llmsrec.config import Config
     from recbole_llmsrec.llm.scoring import seeded_generator
     from recbole_llmsrec.llm.text import history_windows
-    from recbole_llmsrec.quick_start import _build
 
-    config = Config(model=model_name, config_dict={**config_dict, "scoring": "native"})
-    init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
-    _, _, _, test_data, model, _ = _build(config)
-    model.eval()
-    interaction = next(iter(test_data))[0]
-    user_ids = interaction[model.USER_ID]
+    _, model, interaction, blocks = native_test_batch(model_name, config_dict)
     rows = []
     start = 0
     with torch.no_grad():
-        for size in torch.unique_consecutive(user_ids, return_counts=True)[1].tolist()[:users]:
+        for size in blocks[:users]:
             block = interaction[torch.arange(start, start + size)]
             start += size
             window = history_windows(block[model.ITEM_SEQ][:1], block[model.ITEM_SEQ_LEN][:1], model.prompt_history_len)[0][0]
