@@ -228,6 +228,28 @@ def test_llara_text_batches_leave_the_projector_alone(baseline_config):
     assert model.hybrid and all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.projector.parameters())
 
 
+def test_lora_with_gradient_checkpointing_gives_the_same_gradients(baseline_config):
+    """``llm_gradient_checkpointing`` (how a LoRA model with long prompts fits in memory) recomputes the
+    layers in backward with the same LoRA dropout masks, so every trained parameter gets the gradient
+    of the plain step."""
+    grads = {}
+    for checkpointing in (False, True):
+        _, (_, train_data, *_, model, _) = build("LLaRA", baseline_config, scoring="retrieval", lora_dropout=0.5,
+                                                 llm_gradient_checkpointing=checkpointing)
+        for name, p in model.named_parameters():  # nonzero B, so the adapters' dropout shows in the gradients
+            if "lora_B" in name:
+                p.data.normal_(0, 0.5, generator=torch.Generator().manual_seed(sum(map(ord, name))))
+        model.train()
+        model.curriculum_progress = 1.0
+        torch.manual_seed(0)
+        model.calculate_loss(next(iter(train_data))).backward()
+        grads[checkpointing] = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    assert grads[True].keys() == grads[False].keys() and any("lora_A" in n for n in grads[True])
+    for name, grad in grads[False].items():
+        assert grad.abs().sum() > 0, name
+        assert torch.allclose(grads[True][name], grad, rtol=1e-4, atol=1e-6), name
+
+
 def test_llara_native_needs_whole_user_blocks(baseline_config):
     with pytest.raises(ValueError, match="set eval_batch_size to a multiple of 101"):
         build("LLaRA", baseline_config, scoring="native", eval_batch_size=50)
