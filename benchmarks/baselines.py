@@ -17,6 +17,11 @@ recbole_llmsrec.leaderboard``, which trains and tests every model once with one 
 evaluation), and only the native scoring is timed here. The record's file and settings are named in
 the report.
 
+With ``--native_from=benchmarks/results/baselines_<dataset>.json`` the native timing is not repeated
+either: each model's timing is taken from that earlier report of this script (its date and command
+are kept in the new report), e.g. to add a model's retrieval record from a later leaderboard run.
+The earlier report must have the same dataset, seed, teacher, LLM and overrides.
+
 Writes ``benchmarks/results/baselines_<dataset>.json``: per model the metrics, time per epoch
 (per step for CoLLM), trainable parameters, and the native scoring timings. The native timing
 scores with freshly initialised adapters and projectors: its cost and the cached/naive agreement
@@ -125,6 +130,22 @@ def leaderboard_result(folder, model_name, dataset, seed):
     }
 
 
+def earlier_native_timings(path, report):
+    """Each model's native timing from an earlier report of this script, checked to match ``report``."""
+    with open(path) as f:
+        earlier = json.load(f)
+    for key in ("dataset", "seed", "teacher_checkpoint", "baselines_overrides"):
+        if earlier.get(key) != report.get(key):
+            raise SystemExit(f"{path} was measured with {key} {earlier.get(key)!r}, this run has {report.get(key)!r}; "
+                             f"time the native scoring here (leave out --native_from)")
+    if f"--llm_path={report['llm_path']}" not in earlier["command"]:
+        raise SystemExit(f"{path} was not measured with --llm_path={report['llm_path']}; leave out --native_from")
+    source = {"report": os.path.relpath(os.path.abspath(path), REPO), "date": earlier["date"],
+              "command": earlier["command"]}
+    return {name: {**model["native_scoring"], "measured_in": source}
+            for name, model in earlier["models"].items() if "native_scoring" in model}
+
+
 def main():
     flags = parser(__doc__)
     flags.add_argument("--teacher_checkpoint", default=None,
@@ -137,7 +158,10 @@ def main():
     flags.add_argument("--retrieval_from", default=None,
                        help="a leaderboard's runs folder (results/<dataset>/runs): read the retrieval numbers from "
                             "its records instead of training here")
+    flags.add_argument("--native_from", default=None,
+                       help="an earlier report of this script: take the native timings from it instead of timing here")
     args = flags.parse_args()
+    native_from = os.path.abspath(args.native_from) if args.native_from else None
     retrieval_from = os.path.abspath(args.retrieval_from) if args.retrieval_from else None
     teacher = os.path.abspath(args.teacher_checkpoint) if args.teacher_checkpoint else None
     common = start(args)
@@ -148,16 +172,23 @@ def main():
         f"--teacher_checkpoint={args.teacher_checkpoint}", f"--epochs={args.epochs}",
         f"--native_users={args.native_users}", f"--models={args.models}", f"--llm_path={args.llm_path}",
         f"--baselines_config='{args.baselines_config}'"]
-        + ([f"--retrieval_from={args.retrieval_from}"] if args.retrieval_from else []))
+        + ([f"--retrieval_from={args.retrieval_from}"] if args.retrieval_from else [])
+        + ([f"--native_from={args.native_from}"] if args.native_from else []))
     report.update(baselines_overrides=overrides, teacher_checkpoint=args.teacher_checkpoint)
     out = report_path(args, "baselines")
+    earlier = earlier_native_timings(native_from, {**report, "llm_path": args.llm_path}) if native_from else {}
     for name in args.models.split(","):
         epochs = {"epochs": args.epochs, "collm_lora_epochs": args.epochs} if name == "CoLLM" else {"epochs": args.epochs}
         if retrieval_from:
             result = leaderboard_result(retrieval_from, name, args.dataset, args.seed)
         else:
             result = run_in_child(name, {**shared, **epochs, "scoring": "retrieval"})
-        result["native_scoring"] = run_in_child(name, shared, native_scoring_speed, args.native_users)
+        if native_from:
+            if name not in earlier:
+                raise SystemExit(f"{args.native_from} has no native timing of {name}; leave out --native_from")
+            result["native_scoring"] = earlier[name]
+        else:
+            result["native_scoring"] = run_in_child(name, shared, native_scoring_speed, args.native_users)
         print(json.dumps(result, indent=1), flush=True)
         report["models"][name] = result
         write_report(report, out)  # after every model, so a stopped run keeps what it measured
