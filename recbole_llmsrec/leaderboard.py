@@ -38,6 +38,7 @@ import platform
 import resource
 import subprocess
 import sys
+import textwrap
 import time
 from datetime import datetime, timezone
 from logging import getLogger
@@ -352,7 +353,7 @@ def write_leaderboard(records, folder, title):
         values = part[["ndcg@10", "hit@10"]].to_numpy(dtype=float)
         ax.set_ylim(0, max(1e-3, float(np.nanmax(values)) if not np.isnan(values).all() else 1.0) * 1.15)
     axes[0][0].legend()
-    fig.suptitle(title.lstrip("# "))
+    fig.suptitle(textwrap.fill(title.lstrip("# "), width=int(16 * fig.get_figwidth())), fontsize=9)  # long settings wrap
     fig.tight_layout()
     fig.savefig(os.path.join(folder, "leaderboard.png"), dpi=120)
     plt.close(fig)
