@@ -31,6 +31,7 @@ do not depend on what was learnt.
 import glob
 import json
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -130,20 +131,23 @@ def leaderboard_result(folder, model_name, dataset, seed):
     }
 
 
-def earlier_native_timings(path, report):
-    """Each model's native timing from an earlier report of this script, checked to match ``report``."""
+def earlier_native_timings(path, report, models):
+    """The native timing of each of ``models`` from an earlier report of this script, checked to match
+    ``report``; before anything runs, so a mismatch or a missing model costs no training."""
     with open(path) as f:
         earlier = json.load(f)
     for key in ("dataset", "seed", "teacher_checkpoint", "baselines_overrides"):
         if earlier.get(key) != report.get(key):
             raise SystemExit(f"{path} was measured with {key} {earlier.get(key)!r}, this run has {report.get(key)!r}; "
                              f"time the native scoring here (leave out --native_from)")
-    if f"--llm_path={report['llm_path']}" not in earlier["command"]:
+    if f"--llm_path={report['llm_path']}" not in shlex.split(earlier["command"]):
         raise SystemExit(f"{path} was not measured with --llm_path={report['llm_path']}; leave out --native_from")
+    missing = [name for name in models if "native_scoring" not in earlier["models"].get(name, {})]
+    if missing:
+        raise SystemExit(f"{path} has no native timing of {', '.join(missing)}; leave out --native_from")
     source = {"report": os.path.relpath(os.path.abspath(path), REPO), "date": earlier["date"],
               "command": earlier["command"]}
-    return {name: {**model["native_scoring"], "measured_in": source}
-            for name, model in earlier["models"].items() if "native_scoring" in model}
+    return {name: {**earlier["models"][name]["native_scoring"], "measured_in": source} for name in models}
 
 
 def main():
@@ -176,16 +180,15 @@ def main():
         + ([f"--native_from={args.native_from}"] if args.native_from else []))
     report.update(baselines_overrides=overrides, teacher_checkpoint=args.teacher_checkpoint)
     out = report_path(args, "baselines")
-    earlier = earlier_native_timings(native_from, {**report, "llm_path": args.llm_path}) if native_from else {}
-    for name in args.models.split(","):
+    models = args.models.split(",")
+    earlier = earlier_native_timings(native_from, {**report, "llm_path": args.llm_path}, models) if native_from else {}
+    for name in models:
         epochs = {"epochs": args.epochs, "collm_lora_epochs": args.epochs} if name == "CoLLM" else {"epochs": args.epochs}
         if retrieval_from:
             result = leaderboard_result(retrieval_from, name, args.dataset, args.seed)
         else:
             result = run_in_child(name, {**shared, **epochs, "scoring": "retrieval"})
         if native_from:
-            if name not in earlier:
-                raise SystemExit(f"{args.native_from} has no native timing of {name}; leave out --native_from")
             result["native_scoring"] = earlier[name]
         else:
             result["native_scoring"] = run_in_child(name, shared, native_scoring_speed, args.native_users)
