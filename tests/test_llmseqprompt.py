@@ -65,3 +65,35 @@ def test_generation_scores_every_item_and_evaluates(prompt_config):
     trainer.fit(train_data, valid_data, saved=True, show_progress=False)
     result = trainer.evaluate(test_data, load_best_model=True)
     assert 0.0 <= result["ndcg@10"] <= result["hit@10"] <= 1.0
+
+
+def test_shared_prefill_gives_the_logits_and_samples_of_generate_alone(prompt_config):
+    """Reading each prompt once for all its samples changes the cost, not the logits or the samples."""
+    _, (dataset, *_, model, _) = build(prompt_config, llmseqprompt_num_samples=4, llmseqprompt_temperature=1.0,
+                                       llmseqprompt_max_new_tokens=8)
+    model.eval()
+    prompts = [model.prompt_ids(h) for h in ([1, 2, 3, 4, 5], [6], [7, 8])]  # different lengths: left padding
+    calls = []  # [rows, tokens] of every pass through the decoder
+    model.llm.get_decoder().register_forward_pre_hook(
+        lambda module, args, kwargs: calls.append(tuple(
+            (kwargs["input_ids"] if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]).shape[:2])),
+        with_kwargs=True)
+    runs = {}
+    for shared in (True, False):
+        model.shared_prefill = shared
+        calls.clear()
+        torch.manual_seed(7)
+        with torch.no_grad():
+            out = model._generate(prompts, 4, output_logits=True, return_dict_in_generate=True)
+        runs[shared] = (out.sequences, torch.stack(out.logits), calls[0])
+    (seq_shared, logits_shared, first_shared), (seq_alone, logits_alone, first_alone) = runs[True], runs[False]
+    assert torch.equal(seq_shared, seq_alone)
+    assert len({tuple(row) for row in seq_shared.tolist()}) > 3  # real sampling, not one greedy title
+    finite = torch.isfinite(logits_alone)
+    assert torch.equal(finite, torch.isfinite(logits_shared))
+    assert torch.allclose(logits_shared[finite], logits_alone[finite], atol=1e-4)
+    width = max(map(len, prompts))
+    assert first_shared == (3, width - 1)  # one row per user reads the prompt
+    assert first_alone == (12, width)  # generate alone: one row per sample
+    titles = model.generate_titles([[1, 2, 3, 4, 5], [6]])
+    assert len(titles) == 2 and all(len(t) == 4 for t in titles)

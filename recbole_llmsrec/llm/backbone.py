@@ -5,6 +5,7 @@ soft-token injection, and reading hidden states out at marker tokens all live he
 """
 
 import importlib.util
+import inspect
 import logging
 import os
 
@@ -85,6 +86,22 @@ def _packaged_llm_folder(alias, cache_dir):
 
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def cache_kwargs(model, cache):
+    """``{name: cache}`` for a forward or ``generate`` call, under the name this transformers uses.
+
+    transformers 5 renamed ``past_key_values`` to ``cache`` (the old name warns, and goes in 5.40);
+    4.x knows only ``past_key_values``.
+    """
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
+    names = inspect.signature(decoder.forward).parameters
+    return {"cache" if "cache" in names else "past_key_values": cache}
+
+
+def output_cache(output):
+    """The key/value cache of a model output, under either transformers name."""
+    return output["cache"] if "cache" in output else output["past_key_values"]
 
 
 def resolve_llm_path(llm_path, cache_dir=None):
@@ -404,7 +421,7 @@ class LLMBackbone(nn.Module):
         out = decoder(
             inputs_embeds=self.embed(input_ids[:, prefix:], soft_tokens),
             attention_mask=attention_mask,
-            past_key_values=_expanded_cache(self.model, layers, rows),
+            **cache_kwargs(decoder, _expanded_cache(self.model, layers, rows)),
             use_cache=True,
         ).last_hidden_state
         return torch.cat([prefix_hidden.expand(rows, -1, -1).to(out.dtype), out], dim=1)
@@ -417,6 +434,6 @@ class LLMBackbone(nn.Module):
                 out = self.model.get_decoder()(
                     inputs_embeds=self.model.get_input_embeddings()(ids.unsqueeze(0)), use_cache=True
                 )
-            layers = [tuple(layer) for layer in out.past_key_values]
+            layers = [tuple(layer) for layer in output_cache(out)]
             self._prefix_states[key] = (layers, out.last_hidden_state)
         return self._prefix_states[key]

@@ -17,6 +17,8 @@ import torch
 from torch.nn import functional as F
 from transformers import DynamicCache
 
+from recbole_llmsrec.llm.backbone import cache_kwargs, output_cache
+
 
 def _check_prefix(prefix_embeds):
     if prefix_embeds.dim() != 2 or prefix_embeds.shape[0] == 0:
@@ -34,7 +36,7 @@ def _embed_piece(model, piece, device):
 def _prefix_pass(model, prefix_embeds):
     """One pass over the prompt: (log-probabilities of the next token ``[V]``, per-layer keys and values)."""
     out = model(inputs_embeds=prefix_embeds.unsqueeze(0), use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
+    cache = output_cache(out)
     if not isinstance(cache, DynamicCache):
         raise TypeError(
             f"prefix caching needs a DynamicCache, {type(model).__name__} returned {type(cache).__name__}; "
@@ -103,7 +105,7 @@ def continuation_logprobs(model, prefix_embeds, continuations, chunk_size=64):
             inputs_embeds=model.get_input_embeddings()(inputs),
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=_expanded_cache(model, layers, len(rest)),
+            **cache_kwargs(model, _expanded_cache(model, layers, len(rest))),
             use_cache=True,
         ).logits
         token_nll = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=-100, reduction="none")
@@ -134,7 +136,7 @@ def next_token_logits(model, prefix_embeds, suffixes, token_ids=None, chunk_size
             inputs_embeds=embeds,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=_expanded_cache(model, layers, len(index)),
+            **cache_kwargs(model, _expanded_cache(model, layers, len(index))),
             use_cache=True,
             logits_to_keep=1,
         ).logits[:, -1]

@@ -20,7 +20,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 from torch.nn import functional as F
 
-from recbole_llmsrec.llm.backbone import add_lora, load_causal_lm
+from recbole_llmsrec.llm.backbone import add_lora, cache_kwargs, load_causal_lm, output_cache
 from recbole_llmsrec.llm.encoder import TextEncoder, item_text_embeddings
 from recbole_llmsrec.llm.text import history_windows, read_item_text
 
@@ -39,6 +39,7 @@ class LLMSeqPrompt(SequentialRecommender):
         self.top_p = config["llmseqprompt_top_p"]
         self.max_new_tokens = config["llmseqprompt_max_new_tokens"]
         self.llm_batch_size = config["llm_batch_size"]
+        self.shared_prefill = config["llmseqprompt_shared_prefill"]
 
         model, self.tokenizer = load_causal_lm(
             config["llm_path"], config["llm_dtype"], config["device"], config["llm_cache_dir"]
@@ -119,7 +120,20 @@ class LLMSeqPrompt(SequentialRecommender):
     @torch.no_grad()
     def generate_titles(self, histories):
         """``num_samples`` generated next-item titles per history (greedy when temperature is 0)."""
+        per_row = self.num_samples if self.temperature > 0 else 1
         prompts = [self.prompt_ids(history) for history in histories]
+        output = self._generate(prompts, per_row)
+        texts = self.tokenizer.batch_decode(output[:, max(map(len, prompts)) :], skip_special_tokens=True)
+        texts = [text.split("\n")[0].strip() for text in texts]
+        return [texts[r * per_row : (r + 1) * per_row] for r in range(len(prompts))]
+
+    def _generate(self, prompts, per_row, **extra):
+        """``generate`` over left-padded ``prompts``, ``per_row`` sequences each (``extra`` goes to it).
+
+        With ``llmseqprompt_shared_prefill`` (the default), each prompt is read once and its keys and
+        values are repeated for its samples; ``generate`` alone would read every prompt ``per_row``
+        times. Logits and samples are the same either way.
+        """
         width = max(map(len, prompts))
         device = self.item_text_vectors.device
         input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long, device=device)
@@ -128,17 +142,28 @@ class LLMSeqPrompt(SequentialRecommender):
             input_ids[r, width - len(prompt) :] = torch.tensor(prompt, device=device)
             attention_mask[r, width - len(prompt) :] = 1
         sampling = self.temperature > 0
-        output = self.llm.generate(
-            input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=self.max_new_tokens,
-            do_sample=sampling, temperature=self.temperature if sampling else None,
-            top_p=self.top_p if sampling else None, top_k=None,
-            num_return_sequences=self.num_samples if sampling else 1,
-            pad_token_id=self.pad_id, eos_token_id=self.eos_id,
+        settings = dict(
+            max_new_tokens=self.max_new_tokens, do_sample=sampling,
+            temperature=self.temperature if sampling else None, top_p=self.top_p if sampling else None,
+            top_k=None, pad_token_id=self.pad_id, eos_token_id=self.eos_id, **extra,
         )
-        texts = self.tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
-        texts = [text.split("\n")[0].strip() for text in texts]
-        per_row = self.num_samples if sampling else 1
-        return [texts[r * per_row : (r + 1) * per_row] for r in range(len(prompts))]
+        if per_row == 1 or not self.shared_prefill or width < 2:
+            return self.llm.generate(input_ids=input_ids, attention_mask=attention_mask,
+                                     num_return_sequences=per_row, **settings)
+        # every prompt but its last token, once per user, at the positions generate() derives from
+        # the attention mask; generate() then runs from that last token over the repeated cache
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        prefill = self.llm(
+            input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1],
+            position_ids=positions[:, :-1], use_cache=True, logits_to_keep=1,
+        )
+        cache = output_cache(prefill)
+        cache.batch_repeat_interleave(per_row)  # the row order of num_return_sequences
+        return self.llm.generate(
+            input_ids=input_ids.repeat_interleave(per_row, 0),
+            attention_mask=attention_mask.repeat_interleave(per_row, 0),
+            num_return_sequences=1, **cache_kwargs(self.llm, cache), **settings,
+        )
 
     def map_to_catalogue(self, generated):
         """Score every catalogue item for each list of generated titles: ``[len(generated), n_items]``.
