@@ -1,13 +1,19 @@
-"""LLMSeqPrompt's evaluation cost: generating ``llmseqprompt_num_samples`` titles per user with each
-prompt read once (``llmseqprompt_shared_prefill: True``, the default) against ``generate`` alone,
-which reads every prompt once per sample.
+"""LLMSeqPrompt's evaluation cost: how ``llmseqprompt_num_samples`` titles per user are generated.
 
-Both ways run on the same users' test histories, interleaved, from the same seed; the report has
-seconds per user (medians over ``--repeats``), tokens processed per second (prompt tokens read plus
-titles' tokens generated), the ratio, and whether the two gave the same titles. The LoRA adapters
-are as built (B = 0: the base LLM), which changes what is written, not what it costs.
+Three ways, on the same users' test histories, interleaved, from the same seed:
 
-    python benchmarks/llmseqprompt_generation.py --dataset=ml-100k --users=32 --repeats=3
+  - ``alone_eos``: ``generate`` alone (it reads every prompt once per sample), a title ends at EOS;
+  - ``shared_eos``: each prompt read once, its keys and values repeated for its samples
+    (``llmseqprompt_shared_prefill: True``), a title ends at EOS;
+  - ``shared_newline``: the same, and a title also ends at a newline token (the default).
+
+The report has seconds per user (medians over ``--repeats``), tokens per second (the prompt's
+tokens once per user plus the titles' tokens, the same work for all three, so the ratio of two
+ways' tokens per second is the ratio of their times), the tokens each way really fed the LLM,
+and whether the ways wrote the same titles. The LoRA adapters are as built (B = 0: the base LLM),
+which changes what is written, not what a token costs.
+
+    python benchmarks/llmseqprompt_generation.py --dataset=ml-100k --users=16 --repeats=1
 """
 
 import json
@@ -54,10 +60,14 @@ def main():
     chunks = [histories[s : s + model.llm_batch_size] for s in range(0, len(histories), model.llm_batch_size)]
     samples = model.num_samples if model.temperature > 0 else 1
 
-    def generate(shared):
-        model.shared_prefill = shared
+    eos_only = [model.eos_id]
+    newline_stop = list(model.stop_ids)
+    ways = {"alone_eos": (False, eos_only), "shared_eos": (True, eos_only), "shared_newline": (True, newline_stop)}
+
+    def generate(shared, stops):
+        model.shared_prefill, model.stop_ids = shared, stops
         torch.manual_seed(config["seed"])
-        titles, generated, read = [], 0, 0
+        titles, generated, fed, prompt_tokens = [], 0, 0, 0
         start_time = time.perf_counter()
         for chunk in chunks:
             prompts = [model.prompt_ids(h) for h in chunk]
@@ -65,19 +75,27 @@ def main():
                 output = model._generate(prompts, samples)
             width = max(map(len, prompts))
             new = output[:, width:]
-            generated += int((new != model.pad_id).sum())
-            # the prompt tokens the LLM reads: once per user shared, once per sample alone (padding included)
-            read += width * len(chunk) * (1 if shared and samples > 1 else samples)
-            titles += model.tokenizer.batch_decode(new, skip_special_tokens=True)
-        return time.perf_counter() - start_time, titles, generated, read
+            steps = new.shape[1]
+            # a title's tokens: up to its first EOS or newline, the same work for every way
+            stop = torch.isin(new, torch.tensor(newline_stop))
+            ended = stop.int().cumsum(1)
+            generated += int(((ended == 0) | ((ended == 1) & stop)).sum())
+            prompt_tokens += sum(map(len, prompts))
+            # what the LLM was fed (padding included): the prompt once per user (shared) or per
+            # sample (alone), then one token per sequence per decoding step
+            fed += width * len(chunk) * (1 if shared and samples > 1 else samples) + steps * len(chunk) * samples
+            titles += [text.split("\n")[0].strip() for text in model.tokenizer.batch_decode(new, skip_special_tokens=True)]
+        return time.perf_counter() - start_time, titles, generated, fed, prompt_tokens
 
-    runs = {"shared_prefill": [], "generate_alone": []}
+    runs = {name: [] for name in ways}
     outputs = {}
-    for _ in range(args.repeats):
-        for name, shared in (("shared_prefill", True), ("generate_alone", False)):
-            seconds, titles, generated, read = generate(shared)
+    for repeat in range(args.repeats):
+        for name, (shared, stops) in ways.items():
+            seconds, *rest = generate(shared, stops)
             runs[name].append(seconds)
-            outputs[name] = (titles, generated, read)
+            outputs[name] = rest
+            print(f"repeat {repeat + 1}/{args.repeats} {name}: {seconds:.1f} s", flush=True)
+    model.stop_ids = newline_stop
 
     report = report_head(args, "llmseqprompt_generation.py", [
         f"--llm_path={args.llm_path}", f"--users={args.users}", f"--repeats={args.repeats}",
@@ -90,17 +108,17 @@ def main():
         mean_prompt_tokens=statistics.mean(len(model.prompt_ids(h)) for h in histories),
     )
     for name, seconds in runs.items():
-        _, generated, read = outputs[name]
+        _, generated, fed, prompt_tokens = outputs[name]
         median = statistics.median(seconds)
         report[name] = {
             "seconds_all": seconds, "seconds_median": median, "seconds_per_user": median / len(histories),
-            "prompt_tokens_read": read, "tokens_generated": generated,
-            "tokens_per_second": (read + generated) / median,
+            "prompt_tokens": prompt_tokens, "title_tokens": generated, "tokens_fed_to_llm": fed,
+            "tokens_per_second": (prompt_tokens + generated) / median,
         }
-    report["alone_over_shared"] = report["generate_alone"]["seconds_median"] / report["shared_prefill"]["seconds_median"]
-    report["same_titles"] = outputs["shared_prefill"][0] == outputs["generate_alone"][0]
-    report["same_titles_share"] = statistics.mean(
-        a == b for a, b in zip(outputs["shared_prefill"][0], outputs["generate_alone"][0]))
+    base = report["alone_eos"]["seconds_median"]
+    report["speedup_over_alone_eos"] = {name: base / report[name]["seconds_median"] for name in ways}
+    report["same_titles_as_alone_eos"] = {name: statistics.mean(
+        a == b for a, b in zip(outputs[name][0], outputs["alone_eos"][0])) for name in ways}
     report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out = report_path(args, "llmseqprompt_generation")
     write_report(report, out)

@@ -58,6 +58,10 @@ class Config(RecBoleConfig):
         if isinstance(external, dict) and isinstance(internal, dict):
             self.final_config_dict["eval_args"] = {**internal, **external}
         super()._set_default_parameters()
+        # RecBole reads ml-100k from the copy inside its wheel whatever data_path says; a data_path
+        # the user sets wins, so a filtered or edited copy of ml-100k is not replaced silently
+        if self.dataset == "ml-100k" and "data_path" in self.external_config_dict:
+            self.final_config_dict["data_path"] = os.path.join(self.external_config_dict["data_path"], self.dataset)
 
     def _init_device(self):
         final = self.final_config_dict

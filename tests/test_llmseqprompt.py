@@ -97,3 +97,17 @@ def test_shared_prefill_gives_the_logits_and_samples_of_generate_alone(prompt_co
     assert first_alone == (12, width)  # generate alone: one row per sample
     titles = model.generate_titles([[1, 2, 3, 4, 5], [6]])
     assert len(titles) == 2 and all(len(t) == 4 for t in titles)
+
+
+def test_stopping_at_a_newline_keeps_the_titles(prompt_config):
+    """Generation ends a title at its line; the text after a newline was cut anyway."""
+    _, (dataset, *_, model, _) = build(prompt_config, llmseqprompt_num_samples=4, llmseqprompt_temperature=1.5,
+                                       llmseqprompt_max_new_tokens=12)
+    model.eval()
+    assert model.stop_ids == [model.eos_id] + model.newline and len(model.newline) == 1
+    titles = {}
+    for stops in ([model.eos_id], model.stop_ids):
+        model.stop_ids = stops
+        torch.manual_seed(3)
+        titles[len(stops)] = model.generate_titles([[1, 2, 3], [4, 5], [6]])
+    assert titles[1] == titles[2]

@@ -113,3 +113,21 @@ def test_run_hyper_finds_the_best_of_a_small_search(tiny_config_dict, tmp_path):
     assert "best params: {'learning_rate': 0.01}" in done.stdout
     text = output.read_text()
     assert text.count("Valid result:") == 2 and "learning_rate:0.0" in text and "learning_rate:0.01" in text
+
+
+def test_a_data_path_given_for_ml_100k_is_read(tmp_path):
+    """RecBole always reads ml-100k from its wheel; a data_path the user sets must win."""
+    import pandas as pd
+
+    from recbole_llmsrec.data import create_dataset
+
+    packaged = Config(model="SASRec", dataset="ml-100k", config_dict={"state": "WARNING"})
+    folder = tmp_path / "ml-100k"
+    folder.mkdir()
+    inter = pd.read_csv(os.path.join(packaged["data_path"], "ml-100k.inter"), sep="\t", dtype=str)
+    users = sorted(inter["user_id:token"].unique(), key=int)[:30]
+    inter[inter["user_id:token"].isin(users)].to_csv(folder / "ml-100k.inter", sep="\t", index=False)
+    config = Config(model="SASRec", dataset="ml-100k", config_dict={"data_path": str(tmp_path), "state": "WARNING"})
+    assert config["data_path"] == str(folder)
+    assert create_dataset(config).user_num == 30 + 1  # RecBole's padding id
+    assert create_dataset(packaged).user_num == 943 + 1

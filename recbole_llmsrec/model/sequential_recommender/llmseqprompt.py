@@ -55,6 +55,9 @@ class LLMSeqPrompt(SequentialRecommender):
         self.header = self.tokenizer(self.PROMPT_HEADER).input_ids  # with the tokenizer's own BOS, if any
         self.separator = self.tokenizer(self.SEPARATOR, add_special_tokens=False).input_ids
         self.newline = self.tokenizer("\n", add_special_tokens=False).input_ids
+        # a title ends at its line: generation stops at EOS or at a newline token (the text after one
+        # is cut anyway), instead of running on to max_new_tokens through further lines
+        self.stop_ids = [self.eos_id] + (self.newline if len(self.newline) == 1 and self.newline != [self.eos_id] else [])
         self._numbers = {}
         # catalogue vectors for mapping generated text back to items, from the shared cache
         self.register_buffer("item_text_vectors", F.normalize(item_text_embeddings(config, dataset, texts), dim=-1),
@@ -145,7 +148,7 @@ class LLMSeqPrompt(SequentialRecommender):
         settings = dict(
             max_new_tokens=self.max_new_tokens, do_sample=sampling,
             temperature=self.temperature if sampling else None, top_p=self.top_p if sampling else None,
-            top_k=None, pad_token_id=self.pad_id, eos_token_id=self.eos_id, **extra,
+            top_k=None, pad_token_id=self.pad_id, eos_token_id=self.stop_ids, **extra,
         )
         if per_row == 1 or not self.shared_prefill or width < 2:
             return self.llm.generate(input_ids=input_ids, attention_mask=attention_mask,
