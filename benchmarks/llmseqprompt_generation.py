@@ -47,16 +47,16 @@ def main():
     _, _, _, test_data, model, _ = _build(config)
     model.eval()
 
-    histories = []
+    by_user = {}  # the first --users test users, in loader order; one history each
     for batch in test_data:
         interaction = batch[0]
         rows, _ = history_windows(interaction[model.ITEM_SEQ], interaction[model.ITEM_SEQ_LEN], model.history_len)
         for user, history in zip(interaction[model.USER_ID].tolist(), rows):
-            if len(histories) < args.users and user not in {u for u, _ in histories}:
-                histories.append((user, list(history)))
-        if len(histories) >= args.users:
+            if len(by_user) < args.users:
+                by_user.setdefault(user, list(history))
+        if len(by_user) >= args.users:
             break
-    histories = [history for _, history in histories]
+    histories = list(by_user.values())
     chunks = [histories[s : s + model.llm_batch_size] for s in range(0, len(histories), model.llm_batch_size)]
     samples = model.num_samples if model.temperature > 0 else 1
 
@@ -84,7 +84,7 @@ def main():
             # what the LLM was fed (padding included): the prompt once per user (shared) or per
             # sample (alone), then one token per sequence per decoding step
             fed += width * len(chunk) * (1 if shared and samples > 1 else samples) + steps * len(chunk) * samples
-            titles += [text.split("\n")[0].strip() for text in model.tokenizer.batch_decode(new, skip_special_tokens=True)]
+            titles += model.decode_titles(new)
         return time.perf_counter() - start_time, titles, generated, fed, prompt_tokens
 
     runs = {name: [] for name in ways}

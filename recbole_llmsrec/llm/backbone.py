@@ -4,6 +4,7 @@ Loading (a Hugging Face id, a local folder, or a packaged alias), freezing, the 
 soft-token injection, and reading hidden states out at marker tokens all live here, once.
 """
 
+import functools
 import importlib.util
 import inspect
 import logging
@@ -88,15 +89,19 @@ def _packaged_llm_folder(alias, cache_dir):
     return target
 
 
+@functools.lru_cache(maxsize=None)
+def _cache_argument(decoder_class):
+    return "cache" if "cache" in inspect.signature(decoder_class.forward).parameters else "past_key_values"
+
+
 def cache_kwargs(model, cache):
     """``{name: cache}`` for a forward or ``generate`` call, under the name this transformers uses.
 
     transformers 5 renamed ``past_key_values`` to ``cache`` (the old name warns, and goes in 5.40);
-    4.x knows only ``past_key_values``.
+    4.x knows only ``past_key_values``. Looked up once per decoder class, not per call.
     """
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
-    names = inspect.signature(decoder.forward).parameters
-    return {"cache" if "cache" in names else "past_key_values": cache}
+    return {_cache_argument(type(decoder)): cache}
 
 
 def output_cache(output):

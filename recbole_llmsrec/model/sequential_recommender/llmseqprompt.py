@@ -125,10 +125,13 @@ class LLMSeqPrompt(SequentialRecommender):
         """``num_samples`` generated next-item titles per history (greedy when temperature is 0)."""
         per_row = self.num_samples if self.temperature > 0 else 1
         prompts = [self.prompt_ids(history) for history in histories]
-        output = self._generate(prompts, per_row)
-        texts = self.tokenizer.batch_decode(output[:, max(map(len, prompts)) :], skip_special_tokens=True)
-        texts = [text.split("\n")[0].strip() for text in texts]
+        texts = self.decode_titles(self._generate(prompts, per_row)[:, max(map(len, prompts)) :])
         return [texts[r * per_row : (r + 1) * per_row] for r in range(len(prompts))]
+
+    def decode_titles(self, new_tokens):
+        """One title per row of generated tokens: the text of its first line."""
+        texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        return [text.split("\n")[0].strip() for text in texts]
 
     def _generate(self, prompts, per_row, **extra):
         """``generate`` over left-padded ``prompts``, ``per_row`` sequences each (``extra`` goes to it).
