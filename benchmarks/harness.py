@@ -160,6 +160,15 @@ def start(args):
     args.workdir = os.path.abspath(args.workdir)
     if getattr(args, "teacher_checkpoint", None):  # given relative to where the command ran
         args.teacher_checkpoint = os.path.relpath(os.path.abspath(args.teacher_checkpoint), REPO)
+    overrides = json.loads(args.config)
+    # RecBole reads data_path relative to the working folder, which is about to change: a given one
+    # is taken relative to where the command ran, and a dataset fetched into the repository's
+    # dataset/ (python -m recbole_llmsrec.data.fetch_ml1m) is found there
+    fetched = os.path.join(REPO, "dataset")
+    if "data_path" in overrides:
+        overrides["data_path"] = os.path.abspath(overrides["data_path"]) + os.sep
+    elif os.path.isdir(os.path.join(fetched, args.dataset)):
+        overrides["data_path"] = fetched + os.sep
     os.makedirs(args.workdir, exist_ok=True)
     os.chdir(args.workdir)
     return {
@@ -167,7 +176,7 @@ def start(args):
         "seed": args.seed,
         "checkpoint_dir": os.path.join(args.workdir, "saved"),
         "show_progress": False,
-        **json.loads(args.config),
+        **overrides,
     }
 
 
