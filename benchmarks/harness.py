@@ -201,5 +201,7 @@ def report_path(args, name):
 
 
 def write_report(report, out):
-    with open(out, "w") as f:
+    """``report`` as JSON at ``out``, written then renamed (an interrupted run leaves no half file)."""
+    with open(f"{out}.partial", "w") as f:
         json.dump(report, f, indent=1)
+    os.replace(f"{out}.partial", out)

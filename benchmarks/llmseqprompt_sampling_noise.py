@@ -21,7 +21,8 @@ import sys
 import time
 from datetime import datetime, timezone
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import REPO, report_path, write_report  # noqa: E402
 
 
 def main():
@@ -47,7 +48,7 @@ def main():
     full_data = full_sort_loader(config, test_data)
     draws = []
     for draw in range(1, args.draws + 1):
-        trainer.model._user_scores.clear()  # new titles for every history
+        trainer.model.forget_titles()  # new titles for every history
         torch.manual_seed(config["seed"] + draw)
         start = time.perf_counter()
         results = {"uni100": evaluate_per_user(trainer, test_data, batches, show_progress=True).mean()}
@@ -72,10 +73,9 @@ def main():
                                   for mode, scopes in record.get("shuffle", {}).items()},
         "draws": draws,
     }
-    out = args.out or os.path.join(REPO, "benchmarks", "results", f"llmseqprompt_sampling_noise_{config['dataset']}.json")
-    with open(out + ".partial", "w") as f:
-        json.dump(report, f, indent=1)
-    os.replace(out + ".partial", out)
+    args.dataset = config["dataset"]  # the checkpoint's, for the default file name
+    out = report_path(args, "llmseqprompt_sampling_noise")
+    write_report(report, out)
     print(f"wrote {out}")
 
 

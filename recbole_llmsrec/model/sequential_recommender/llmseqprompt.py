@@ -72,14 +72,18 @@ class LLMSeqPrompt(SequentialRecommender):
 
     # Generated titles depend on the adapters: entering training mode or loading a checkpoint
     # clears what was computed.
+    def forget_titles(self):
+        """Drop the scores of every history generated for so far: the next pass samples anew."""
+        self._user_scores = {}
+
     def train(self, mode=True):
         super().train(mode)
         if mode:
-            self._user_scores = {}
+            self.forget_titles()
         return self
 
     def load_state_dict(self, state_dict, strict=True, assign=False):
-        self._user_scores = {}
+        self.forget_titles()
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # ---- prompts ---------------------------------------------------------------------------
