@@ -52,8 +52,10 @@ class FirstBatches:
 class EpochClock:
     """Splits each training step of ``Trainer._train_epoch`` into its parts, and runs the floor."""
 
-    def __init__(self, model, optimizer, device, floor_every):
+    def __init__(self, model, optimizer, device, floor_every, on_step=None):
         self.model, self.optimizer, self.device, self.floor_every = model, optimizer, device, floor_every
+        self.on_step = on_step  # called after each step (outside the epoch's clock), e.g. to save a report
+        self.on_step_seconds = 0.0
         self.calls = LLMCalls(model)
         self.parts = {"between_steps": 0.0, "llm_forward": 0.0, "forward_rest": 0.0, "backward": 0.0, "optimizer": 0.0}
         self.steps, self.real, self.padded = 0, 0, 0
@@ -104,6 +106,10 @@ class EpochClock:
                 self.sampled["padded_tokens"] += padded
                 self.sampled["real_tokens"] += real
                 self.floor_seconds_total += self.now() - end
+            if self.on_step is not None:
+                hook_begin = self.now()
+                self.on_step(self)
+                self.on_step_seconds += self.now() - hook_begin
             self._last = self.now()
             return result
 
@@ -135,12 +141,34 @@ def profile_one_step(model, trainer, batch, device, rows=15):
                     "calls": e.count} for e in events]
 
 
+def epoch_summary(clock, wall, batch_size, device):
+    """What ``clock`` measured over ``wall`` seconds (the floor steps and report writing taken out)."""
+    epoch = wall - clock.floor_seconds_total - clock.on_step_seconds
+    parts = dict(clock.parts)
+    parts["between_steps"] += epoch - sum(parts.values())  # before the first step and after the last
+    sampled = dict(clock.sampled)
+    floor_estimate = sampled["floor_seconds"] * clock.padded / sampled["padded_tokens"] if sampled["steps"] else None
+    return {
+        "steps": clock.steps, "seconds": epoch, "seconds_per_user": epoch / (clock.steps * batch_size),
+        "real_tokens": clock.real, "padded_tokens": clock.padded, "padding_share": 1 - clock.real / clock.padded,
+        "real_tokens_per_s": clock.real / epoch, "padded_tokens_per_s": clock.padded / epoch,
+        "where_the_time_goes": {name: {"seconds": s, "share": s / epoch} for name, s in parts.items()},
+        "floor_sampled": sampled,
+        "floor_epoch_estimate_seconds": floor_estimate,
+        "ratio_to_floor": epoch / floor_estimate if floor_estimate else None,
+        "ratio_to_floor_sampled_steps": sampled["full_seconds"] / sampled["floor_seconds"] if sampled["steps"] else None,
+        "peak_memory_mb": peak_memory_mb(device),
+    }
+
+
 def main():
     flags = parser(__doc__)
     flags.set_defaults(dataset="ml-1m")
     flags.add_argument("--llm_path", default="smollm2-135m")
     flags.add_argument("--floor_every", type=int, default=10, help="time the floor after every N-th step (0: never)")
     flags.add_argument("--max_steps", type=int, default=0, help="stop the epoch after N steps (0: the whole epoch)")
+    flags.add_argument("--report_every", type=int, default=25,
+                       help="rewrite the report, marked partial, every N steps (0: only at the end)")
     flags.add_argument("--profile_step", action="store_true", help="profile one extra step with torch.profiler")
     flags.add_argument("--teacher_checkpoint", default="", help="a SASRec checkpoint; empty: a one-epoch teacher")
     flags.add_argument("--llmsrec_config", default="{}", help="JSON dict of LLMSRec config overrides")
@@ -157,6 +185,7 @@ def main():
     device = config["device"]
     report = report_head(args, "ml1m_epoch.py", [
         f"--llm_path={args.llm_path}", f"--floor_every={args.floor_every}", f"--max_steps={args.max_steps}",
+        f"--report_every={args.report_every}",
         f"--teacher_checkpoint={args.teacher_checkpoint}", f"--llmsrec_config='{args.llmsrec_config}'"]
         + (["--profile_step"] if args.profile_step else []))
     del report["models"]
@@ -169,33 +198,26 @@ def main():
     report["torch_threads"] = torch.get_num_threads()
     epoch_data = FirstBatches(train_data, args.max_steps) if args.max_steps else train_data
 
-    clock = EpochClock(model, trainer.optimizer, device, args.floor_every)
+    out = report_path(args, "epoch")
+    total_steps = len(epoch_data)
+
+    def save_partial(clock):  # a killed run still leaves the steps it timed, marked partial
+        if args.report_every and clock.steps % args.report_every == 0 and clock.steps < total_steps:
+            partial = dict(report, partial={"steps_done": clock.steps, "steps_in_epoch": total_steps})
+            partial["epoch"] = epoch_summary(clock, clock.now() - begin, config["train_batch_size"], device)
+            write_report(partial, out)
+
+    clock = EpochClock(model, trainer.optimizer, device, args.floor_every, on_step=save_partial)
     with clock.installed():
         begin = clock.now()
         trainer._train_epoch(epoch_data, 0, show_progress=config["show_progress"])
         wall = clock.now() - begin
-    epoch = wall - clock.floor_seconds_total
-    parts = dict(clock.parts)
-    parts["between_steps"] += epoch - sum(parts.values())  # before the first step and after the last
-    sampled = clock.sampled
-    floor_estimate = sampled["floor_seconds"] * clock.padded / sampled["padded_tokens"] if sampled["steps"] else None
-    report["epoch"] = {
-        "steps": clock.steps, "seconds": epoch, "seconds_per_user": epoch / (clock.steps * config["train_batch_size"]),
-        "real_tokens": clock.real, "padded_tokens": clock.padded, "padding_share": 1 - clock.real / clock.padded,
-        "real_tokens_per_s": clock.real / epoch, "padded_tokens_per_s": clock.padded / epoch,
-        "where_the_time_goes": {name: {"seconds": s, "share": s / epoch} for name, s in parts.items()},
-        "floor_sampled": sampled,
-        "floor_epoch_estimate_seconds": floor_estimate,
-        "ratio_to_floor": epoch / floor_estimate if floor_estimate else None,
-        "ratio_to_floor_sampled_steps": sampled["full_seconds"] / sampled["floor_seconds"] if sampled["steps"] else None,
-        "peak_memory_mb": peak_memory_mb(device),
-    }
+    report["epoch"] = epoch_summary(clock, wall, config["train_batch_size"], device)
     print(json.dumps(report["epoch"], indent=1), flush=True)
     if args.profile_step:
         table, rows = profile_one_step(model, trainer, next(iter(train_data)), device)
         print(table, flush=True)
         report["profile_one_step"] = rows
-    out = report_path(args, "epoch")
     write_report(report, out)
     print(f"wrote {out}")
 
