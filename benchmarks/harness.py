@@ -180,6 +180,11 @@ def start(args):
     }
 
 
+def machine():
+    """The machine a result was measured on, in words."""
+    return f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}"
+
+
 def report_head(args, script, flags):
     """The start of a results JSON: what ran, where, when, with which command."""
     command = f"python benchmarks/{script} --dataset={args.dataset} --seed={args.seed} " + " ".join(flags)
@@ -189,7 +194,7 @@ def report_head(args, script, flags):
         "dataset": args.dataset,
         "seed": args.seed,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}",
+        "machine": machine(),
         "command": command.strip(),
         "models": {},
     }

@@ -22,7 +22,7 @@ import time
 from datetime import datetime, timezone
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import REPO, report_path, write_report  # noqa: E402
+from harness import REPO, machine, report_path, write_report  # noqa: E402
 
 
 def main():
@@ -64,6 +64,7 @@ def main():
     report = {
         "dataset": config["dataset"],
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        "machine": machine(),
         "command": "python benchmarks/llmseqprompt_sampling_noise.py "
                    f"--model_file={os.path.relpath(args.model_file, REPO)} --record={os.path.relpath(args.record, REPO)} "
                    f"--draws={args.draws}",
