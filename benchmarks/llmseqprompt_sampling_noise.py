@@ -1,11 +1,12 @@
 """How much of LLMSeqPrompt's metrics is the luck of its sampled titles.
 
-LLMSeqPrompt samples its titles (temperature > 0) from torch's global random stream, so two test
-passes over the same histories generate different titles. The shuffled-history diagnostic compares
-a shuffled pass with the original one, so its change mixes the order's effect with this sampling
-noise. This script reloads a trained checkpoint and repeats the test pass over the *original*
-histories, with the same uni100 negatives as the leaderboard, once per ``--draws`` random state;
-full ranking reuses each pass's titles. The spread of these passes around the leaderboard's
+LLMSeqPrompt samples its titles (temperature > 0) from one random stream per user and sample,
+seeded by ``llmseqprompt_sample_seed`` (empty: ``seed``), so a pass is reproducible and a shuffled
+pass draws the same random numbers as the original one; with another sample seed the same
+histories get other titles. This script reloads a trained checkpoint and repeats the test pass over
+the *original* histories, with the same uni100 negatives as the leaderboard, once per ``--draws``
+sample seed (seed + 1, seed + 2, ...); full ranking reuses each pass's titles. The spread of these
+passes around the leaderboard's
 record is the noise floor that a shuffled change has to clear.
 
     python benchmarks/llmseqprompt_sampling_noise.py --model_file=saved/LLMSeqPrompt-....pth \\
@@ -48,14 +49,14 @@ def main():
     full_data = full_sort_loader(config, test_data)
     draws = []
     for draw in range(1, args.draws + 1):
-        trainer.model.forget_titles()  # new titles for every history
-        torch.manual_seed(config["seed"] + draw)
+        trainer.model.forget_titles()  # new titles for every history, from other streams
+        trainer.model.sample_seed = config["seed"] + draw
         start = time.perf_counter()
         results = {"uni100": evaluate_per_user(trainer, test_data, batches, show_progress=True).mean()}
         seconds = time.perf_counter() - start
         results["full"] = evaluate_per_user(trainer, full_data, show_progress=False).mean()
         draws.append({
-            "torch_seed": config["seed"] + draw,
+            "sample_seed": config["seed"] + draw,
             "seconds": seconds,
             "results": results,
             "change_from_record": {mode: relative_change(record["results"][mode], results[mode]) for mode in results},

@@ -111,3 +111,36 @@ def test_stopping_at_a_newline_keeps_the_titles(prompt_config):
         torch.manual_seed(3)
         titles[len(stops)] = model.generate_titles([[1, 2, 3], [4, 5], [6]])
     assert titles[1] == titles[2]
+
+
+def test_row_sampler_draws_from_the_tempered_nucleus():
+    """Gumbel noise from one generator per row, then the argmax: a draw from softmax(logits / T), top-p cut."""
+    from recbole_llmsrec.model.sequential_recommender.llmseqprompt import RowSampler
+
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0, -float("inf")])
+    rows = 6000
+    for temperature, top_p in ((1.0, 1.0), (0.5, 1.0), (1.0, 0.7)):
+        sampler = RowSampler(range(rows), temperature, top_p, "cpu")
+        draws = sampler(None, logits.repeat(rows, 1)).argmax(-1)
+        expected = (logits / temperature).softmax(-1)
+        if top_p < 1.0:  # 0.665 + 0.245 reach 0.7: the two most likely tokens only
+            expected = torch.tensor([expected[0], expected[1], 0, 0, 0]) / (expected[0] + expected[1])
+        frequency = torch.bincount(draws, minlength=5).float() / rows
+        assert torch.allclose(frequency, expected, atol=0.02), (temperature, top_p, frequency, expected)
+        assert frequency[4] == 0
+    again = RowSampler(range(3), 1.0, 1.0, "cpu")(None, logits.repeat(3, 1))
+    assert torch.equal(again, RowSampler(range(3), 1.0, 1.0, "cpu")(None, logits.repeat(3, 1)))
+
+
+def test_a_users_titles_do_not_depend_on_the_batch_or_what_ran_before(prompt_config):
+    _, (dataset, *_, model, _) = build(prompt_config, llmseqprompt_num_samples=4, llmseqprompt_temperature=1.0,
+                                       llmseqprompt_max_new_tokens=8)
+    model.eval()
+    alone = model.generate_titles([[1, 2, 3]], users=[5])[0]
+    torch.manual_seed(123)  # the global stream plays no part
+    batched = model.generate_titles([[7, 8], [1, 2, 3], [4]], users=[9, 5, 2])
+    assert batched[1] == alone
+    assert len(set(alone)) > 1  # real sampling, not one greedy title
+    assert model.generate_titles([[1, 2, 3]], users=[6])[0] != alone  # another user, another stream
+    model.sample_seed += 1
+    assert model.generate_titles([[1, 2, 3]], users=[5])[0] != alone

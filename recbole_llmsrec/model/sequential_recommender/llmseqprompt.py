@@ -11,18 +11,55 @@ item's score is its best cosine similarity to any of the ``llmseqprompt_num_samp
 titles (an exact title scores 1), and items of the history rank last. The paper mapped its samples
 the same way (exact matches, then nearest neighbours by embedding); a score per item lets RecBole
 rank with it in both ``full`` and ``uni100`` evaluation.
+
+Sampling draws from one random stream per generated title, seeded by (``llmseqprompt_sample_seed``,
+user, sample number): a user's titles do not depend on which users share the batch, on what ran
+before, or on the order of the passes, and the passes over shuffled histories draw the same random
+numbers as the pass over the original ones.
 """
 
+import hashlib
 import math
 
 import torch
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 from torch.nn import functional as F
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from recbole_llmsrec.llm.backbone import add_lora, cache_kwargs, load_causal_lm, output_cache
 from recbole_llmsrec.llm.encoder import TextEncoder, item_text_embeddings
 from recbole_llmsrec.llm.text import history_windows, read_item_text
+
+
+def stream_seed(*parts):
+    """A 63-bit seed from ``parts`` (ints, strings, tuples), the same in every process."""
+    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little") >> 1
+
+
+class RowSampler(LogitsProcessor):
+    """Temperature and nucleus sampling with one random generator per row, for greedy decoding.
+
+    Adding Gumbel noise to the tempered, nucleus-truncated logits and taking the argmax draws a
+    token from their softmax (the Gumbel-max trick); the noise of each row comes from that row's own
+    generator, so a row's samples are those of its seed whatever rows it is batched with.
+    """
+
+    def __init__(self, seeds, temperature, top_p, device):
+        self.generators = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
+        self.temperature, self.top_p = temperature, top_p
+
+    def __call__(self, input_ids, scores):
+        if scores.shape[0] != len(self.generators):
+            raise ValueError(f"{scores.shape[0]} rows to sample for {len(self.generators)} seeds")
+        scores = scores.float() / self.temperature
+        if self.top_p < 1.0:  # keep the most likely tokens whose probability reaches top_p (at least one)
+            ordered, order = scores.sort(dim=-1, descending=True)
+            before = ordered.softmax(-1).cumsum(-1) - ordered.softmax(-1)
+            scores = scores.scatter(-1, order, ordered.masked_fill(before >= self.top_p, -math.inf))
+        uniform = torch.stack([torch.rand(scores.shape[-1], generator=g, device=g.device) for g in self.generators])
+        gumbel = -torch.log(-torch.log(uniform.clamp(torch.finfo(uniform.dtype).tiny, 1.0)))
+        return scores + gumbel
 
 
 class LLMSeqPrompt(SequentialRecommender):
@@ -40,6 +77,8 @@ class LLMSeqPrompt(SequentialRecommender):
         self.max_new_tokens = config["llmseqprompt_max_new_tokens"]
         self.llm_batch_size = config["llm_batch_size"]
         self.shared_prefill = config["llmseqprompt_shared_prefill"]
+        seed = config["llmseqprompt_sample_seed"]
+        self.sample_seed = config["seed"] if seed is None else seed
 
         model, self.tokenizer = load_causal_lm(
             config["llm_path"], config["llm_dtype"], config["device"], config["llm_cache_dir"]
@@ -125,11 +164,17 @@ class LLMSeqPrompt(SequentialRecommender):
     # ---- generation and mapping ------------------------------------------------------------
 
     @torch.no_grad()
-    def generate_titles(self, histories):
-        """``num_samples`` generated next-item titles per history (greedy when temperature is 0)."""
+    def generate_titles(self, histories, users=None):
+        """``num_samples`` generated next-item titles per history (greedy when temperature is 0).
+
+        Sampling seeds each title by (``sample_seed``, user, sample number); without ``users``, by
+        the history itself.
+        """
         per_row = self.num_samples if self.temperature > 0 else 1
         prompts = [self.prompt_ids(history) for history in histories]
-        texts = self.decode_titles(self._generate(prompts, per_row)[:, max(map(len, prompts)) :])
+        owners = users if users is not None else [tuple(history) for history in histories]
+        seeds = [stream_seed(self.sample_seed, owner) for owner in owners]
+        texts = self.decode_titles(self._generate(prompts, per_row, seeds=seeds)[:, max(map(len, prompts)) :])
         return [texts[r * per_row : (r + 1) * per_row] for r in range(len(prompts))]
 
     def decode_titles(self, new_tokens):
@@ -137,8 +182,11 @@ class LLMSeqPrompt(SequentialRecommender):
         texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         return [text.split("\n")[0].strip() for text in texts]
 
-    def _generate(self, prompts, per_row, **extra):
+    def _generate(self, prompts, per_row, seeds=None, **extra):
         """``generate`` over left-padded ``prompts``, ``per_row`` sequences each (``extra`` goes to it).
+
+        When sampling, ``seeds`` (one per prompt; default: from the prompt's tokens) seed the random
+        stream of each of its ``per_row`` sequences (see ``RowSampler``).
 
         With ``llmseqprompt_shared_prefill`` (the default), each prompt is read once and its keys and
         values are repeated for its samples; ``generate`` alone would read every prompt ``per_row``
@@ -151,15 +199,18 @@ class LLMSeqPrompt(SequentialRecommender):
         for r, prompt in enumerate(prompts):  # left padding: generation continues every row at the end
             input_ids[r, width - len(prompt) :] = torch.tensor(prompt, device=device)
             attention_mask[r, width - len(prompt) :] = 1
-        sampling = self.temperature > 0
-        settings = dict(
-            max_new_tokens=self.max_new_tokens, do_sample=sampling,
-            temperature=self.temperature if sampling else None, top_p=self.top_p if sampling else None,
-            top_k=None, pad_token_id=self.pad_id, eos_token_id=self.stop_ids, **extra,
-        )
+        settings = dict(max_new_tokens=self.max_new_tokens, do_sample=False, temperature=None, top_p=None,
+                        top_k=None, pad_token_id=self.pad_id, eos_token_id=self.stop_ids, **extra)
+        if self.temperature > 0:  # sampled by RowSampler, decoded greedily (rows in num_return_sequences order)
+            if seeds is None:
+                seeds = [stream_seed(self.sample_seed, tuple(prompt)) for prompt in prompts]
+            row_seeds = [stream_seed(seed, sample) for seed in seeds for sample in range(per_row)]
+            settings["logits_processor"] = LogitsProcessorList(
+                [RowSampler(row_seeds, self.temperature, self.top_p, input_ids.device)])
         if per_row == 1 or not self.shared_prefill or width < 2:
-            return self.llm.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                     num_return_sequences=per_row, **settings)
+            # each prompt repeated per_row times, as num_return_sequences would (greedy decoding refuses it)
+            return self.llm.generate(input_ids=input_ids.repeat_interleave(per_row, 0),
+                                     attention_mask=attention_mask.repeat_interleave(per_row, 0), **settings)
         # every prompt but its last token, once per user, at the positions generate() derives from
         # the attention mask; generate() then runs from that last token over the repeated cache
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
@@ -172,7 +223,7 @@ class LLMSeqPrompt(SequentialRecommender):
         return self.llm.generate(
             input_ids=input_ids.repeat_interleave(per_row, 0),
             attention_mask=attention_mask.repeat_interleave(per_row, 0),
-            num_return_sequences=1, **cache_kwargs(self.llm, cache), **settings,
+            **cache_kwargs(self.llm, cache), **settings,
         )
 
     def map_to_catalogue(self, generated):
@@ -199,11 +250,13 @@ class LLMSeqPrompt(SequentialRecommender):
         """Scores of every item per row; each distinct (user, history) is generated for once."""
         item_seq, item_seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
         keys = [tuple(row) for row in torch.cat([item_seq_len.unsqueeze(1), item_seq], 1).tolist()]
+        owner = dict(zip(keys, interaction[self.USER_ID].tolist())) if self.USER_ID in interaction else {}
         todo = sorted({key for key in keys if key not in self._user_scores})
         for start in range(0, len(todo), self.llm_batch_size):
             chunk = todo[start : start + self.llm_batch_size]
             histories = [list(key[1 : 1 + key[0]])[-self.history_len :] for key in chunk]
-            scores = self.map_to_catalogue(self.generate_titles(histories))
+            users = [owner[key] for key in chunk] if owner else None
+            scores = self.map_to_catalogue(self.generate_titles(histories, users))
             for key, row in zip(chunk, scores):
                 full_history = torch.tensor(key[1 : 1 + key[0]], dtype=torch.long, device=row.device)
                 self._user_scores[key] = row.index_fill(0, full_history, -math.inf)  # seen items last
