@@ -114,7 +114,7 @@ def test_stopping_at_a_newline_keeps_the_titles(prompt_config):
 
 
 def test_row_sampler_draws_from_the_tempered_nucleus():
-    """Gumbel noise from one generator per row, then the argmax: a draw from softmax(logits / T), top-p cut."""
+    """One generator per row, the token kept for greedy decoding: a draw from softmax(logits / T), top-p cut."""
     from recbole_llmsrec.model.sequential_recommender.llmseqprompt import RowSampler
 
     logits = torch.tensor([2.0, 1.0, 0.0, -1.0, -float("inf")])
