@@ -70,7 +70,6 @@ class EpochClock:
         self.calls = LLMCalls(model)
         self.parts = {"between_steps": 0.0, "llm_forward": 0.0, "forward_rest": 0.0, "backward": 0.0, "optimizer": 0.0}
         self.steps, self.real, self.padded = first_step, 0, 0  # steps counts from the epoch's start
-        self.first_step = first_step
         self.sampled = {"steps": 0, "full_seconds": 0.0, "floor_seconds": 0.0, "padded_tokens": 0, "real_tokens": 0}
         self.floor_seconds_total = 0.0
         self._last = None
@@ -269,9 +268,12 @@ def main():
         here = summary["seconds"] - (carried["seconds"] if carried else 0.0)
         return earlier_runs + [run_record(report, first, summary["steps"], here)]
 
+    def progress(steps):  # the mark of a partial report
+        return {"steps_done": steps, "steps_in_epoch": len(train_data)}
+
     def save_partial(clock):  # a killed run still leaves the steps it timed, marked partial
         if args.report_every and clock.steps % args.report_every == 0 and clock.steps < last_step:
-            partial = dict(report, partial={"steps_done": clock.steps, "steps_in_epoch": len(train_data)})
+            partial = dict(report, partial=progress(clock.steps))
             partial["epoch"] = epoch_summary(clock, clock.now() - begin, config["train_batch_size"], device, carried)
             partial["runs"] = with_runs(partial["epoch"])
             write_report(partial, out)
@@ -284,7 +286,7 @@ def main():
     report["epoch"] = epoch_summary(clock, wall, config["train_batch_size"], device, carried)
     report["runs"] = with_runs(report["epoch"])
     if last_step < len(train_data):  # --max_steps: a partial epoch, which a later run can continue
-        report["partial"] = {"steps_done": last_step, "steps_in_epoch": len(train_data)}
+        report["partial"] = progress(last_step)
     print(json.dumps(report["epoch"], indent=1), flush=True)
     if args.profile_step:
         table, rows = profile_one_step(model, trainer, next(iter(train_data)), device)

@@ -170,12 +170,11 @@ class LLMSeqPrompt(SequentialRecommender):
         """``num_samples`` generated next-item titles per history (greedy when temperature is 0).
 
         Sampling seeds each title by (``sample_seed``, user, sample number); without ``users``, by
-        the history itself.
+        the prompt itself.
         """
         per_row = self.num_samples if self.temperature > 0 else 1
         prompts = [self.prompt_ids(history) for history in histories]
-        owners = users if users is not None else [tuple(history) for history in histories]
-        seeds = [stream_seed(self.sample_seed, owner) for owner in owners]
+        seeds = None if users is None else [stream_seed(self.sample_seed, user) for user in users]
         texts = self.decode_titles(self._generate(prompts, per_row, seeds=seeds)[:, max(map(len, prompts)) :])
         return [texts[r * per_row : (r + 1) * per_row] for r in range(len(prompts))]
 
