@@ -152,11 +152,15 @@ def profile_one_step(model, trainer, batch, device, rows=15):
                     "calls": e.count} for e in events]
 
 
+# the ``epoch`` of a report with no steps: what a run that continues nothing carries over
+NOTHING_CARRIED = {"seconds": 0.0, "real_tokens": 0, "padded_tokens": 0, "peak_memory_mb": 0.0,
+                   "where_the_time_goes": {}, "floor_sampled": {}}
+
+
 def epoch_summary(clock, wall, batch_size, device, carried=None):
     """What ``clock`` measured over ``wall`` seconds (the floor steps and report writing taken out),
     added to ``carried``, the ``epoch`` of an earlier report whose steps this run continues."""
-    carried = carried or {"seconds": 0.0, "real_tokens": 0, "padded_tokens": 0, "peak_memory_mb": 0.0,
-                          "where_the_time_goes": {}, "floor_sampled": {}}
+    carried = carried or NOTHING_CARRIED
     epoch_here = wall - clock.floor_seconds_total - clock.on_step_seconds
     parts = dict(clock.parts)
     parts["between_steps"] += epoch_here - sum(parts.values())  # before the first step and after the last
