@@ -157,10 +157,10 @@ NOTHING_CARRIED = {"seconds": 0.0, "real_tokens": 0, "padded_tokens": 0, "peak_m
                    "where_the_time_goes": {}, "floor_sampled": {}}
 
 
-def epoch_summary(clock, wall, batch_size, device, carried=None):
+def epoch_summary(clock, wall, batch_size, device, carried):
     """What ``clock`` measured over ``wall`` seconds (the floor steps and report writing taken out),
-    added to ``carried``, the ``epoch`` of an earlier report whose steps this run continues."""
-    carried = carried or NOTHING_CARRIED
+    added to ``carried``, the ``epoch`` of an earlier report whose steps this run continues
+    (``NOTHING_CARRIED`` when it continues none)."""
     epoch_here = wall - clock.floor_seconds_total - clock.on_step_seconds
     parts = dict(clock.parts)
     parts["between_steps"] += epoch_here - sum(parts.values())  # before the first step and after the last
@@ -258,7 +258,7 @@ def main():
 
     report["torch_threads"] = torch.get_num_threads()
     earlier = load_continued(args.continue_from, report, args) if args.continue_from else None
-    carried = earlier["epoch"] if earlier else None
+    carried = earlier["epoch"] if earlier else NOTHING_CARRIED
     first = earlier["partial"]["steps_done"] if earlier else 0
     epoch_data = StepRange(train_data, first, args.max_steps or len(train_data))
     earlier_runs = (earlier.get("runs") or [run_record(earlier, 0, first, carried["seconds"])]) if earlier else []
@@ -269,7 +269,7 @@ def main():
     last_step = first + len(epoch_data)
 
     def with_runs(summary):
-        here = summary["seconds"] - (carried["seconds"] if carried else 0.0)
+        here = summary["seconds"] - carried["seconds"]
         return earlier_runs + [run_record(report, first, summary["steps"], here)]
 
     def progress(steps):  # the mark of a partial report
