@@ -1,6 +1,7 @@
 """LLMSeqPrompt's evaluation cost: how ``llmseqprompt_num_samples`` titles per user are generated.
 
-Three ways, on the same users' test histories, interleaved, from the same seed:
+Three ways, on the same users' test histories, interleaved, each title drawn from the same seeded
+stream in every way (``RowSampler``):
 
   - ``alone_eos``: ``generate`` alone (it reads every prompt once per sample), a title ends at EOS;
   - ``shared_eos``: each prompt read once, its keys and values repeated for its samples
@@ -66,7 +67,6 @@ def main():
 
     def generate(shared, stops):
         model.shared_prefill, model.stop_ids = shared, stops
-        torch.manual_seed(config["seed"])
         titles, generated, fed, prompt_tokens = [], 0, 0, 0
         start_time = time.perf_counter()
         for chunk in chunks:

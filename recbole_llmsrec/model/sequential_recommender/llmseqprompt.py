@@ -191,7 +191,8 @@ class LLMSeqPrompt(SequentialRecommender):
 
         With ``llmseqprompt_shared_prefill`` (the default), each prompt is read once and its keys and
         values are repeated for its samples; ``generate`` alone would read every prompt ``per_row``
-        times. Logits and samples are the same either way.
+        times. The logits agree to float rounding, so the samples are the same but for a draw that
+        falls within that rounding of a boundary between two tokens.
         """
         width = max(map(len, prompts))
         device = self.item_text_vectors.device
