@@ -20,11 +20,10 @@ METRICS = ("ndcg@10", "hit@10", "ndcg@20", "hit@20")
 def run_model(model_name, config_dict, queue):
     """Train ``model_name`` and test it in both evaluation modes (runs in a child process)."""
     import torch
-    from recbole.data import data_preparation
     from recbole.utils import init_logger, init_seed
 
     from recbole_llmsrec.config import Config
-    from recbole_llmsrec.data import create_dataset
+    from recbole_llmsrec.data import create_dataset, data_preparation
     from recbole_llmsrec.quick_start import _build
     from recbole_llmsrec.utils import get_trainer
 

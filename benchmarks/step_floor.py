@@ -53,8 +53,9 @@ def peak_memory_mb(device):
 
 
 class LLMCalls:
-    """Records the token batches a model hands its LLM (``model.llm.encode``) and the time spent
-    in those forward calls, while active."""
+    """Records the prompts a model hands its LLM (``model.llm.encode_prompts``), as the padded
+    token batches of whole prompts (what the floor runs, whatever part the model really computes),
+    and the time spent in those calls, while active."""
 
     def __init__(self, model):
         self.model = model
@@ -64,23 +65,23 @@ class LLMCalls:
     @contextlib.contextmanager
     def recording(self):
         llm = self.model.llm
-        encode = llm.encode
+        encode_prompts = llm.encode_prompts
         device = self.model.user_out_token.device
 
-        def recorded(input_ids, attention_mask, soft_tokens):
-            self.batches.append((input_ids, attention_mask))
+        def recorded(prompts, soft_tokens, to_device):
+            self.batches.append(llm.pad(prompts, to_device))
             sync(device)
             start = time.perf_counter()
-            hidden = encode(input_ids, attention_mask, soft_tokens)
+            result = encode_prompts(prompts, soft_tokens, to_device)
             sync(device)
             self.forward_seconds += time.perf_counter() - start
-            return hidden
+            return result
 
-        llm.encode = recorded
+        llm.encode_prompts = recorded
         try:
             yield self
         finally:
-            del llm.encode  # back to the class's method
+            del llm.encode_prompts  # back to the class's method
 
     def take(self):
         batches, seconds = self.batches, self.forward_seconds
@@ -167,24 +168,80 @@ def summary(seconds, real, padded):
             "real_tokens_per_s": sum(real) / sum(seconds), "padded_tokens_per_s": sum(padded) / sum(seconds)}
 
 
-# How the LLM calls run: "plain" is one padded batch per call with every token computed; "default"
-# is the configuration (length groups, shared-prefix cache); "anomaly" is plain with autograd's
-# anomaly mode on, as every run was while RecBole's sine.py left it on (see compat.py).
+# How the LLM calls run. "plain": one padded float32 batch per call, every token computed (before
+# length groups and the caches); "default": the configuration (llm_group_cost, llm_prefix_cache,
+# llm_head_cache, llm_compute_dtype); "no_head_cache" and "no_bf16": the default without one of the
+# two savings; "bf16": the default with bfloat16 compute forced on (also where it is slow) and
+# "bf16_no_head_cache" with the head cache off; "anomaly": plain under autograd's anomaly mode, as
+# every run was while RecBole's sine.py left it on (see compat.py).
+VARIANTS = ("anomaly", "plain", "default", "no_head_cache", "no_bf16", "bf16", "bf16_no_head_cache")
+
+
 def variant_settings(config, name):
+    """The backbone attributes of a variant: group_cost, prefix_cache, head_cache (on/off),
+    compute_dtype (a dtype name or None) and anomaly_mode."""
+    from recbole_llmsrec.llm.backbone import resolve_compute_dtype
+
+    if name not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}: one of {', '.join(VARIANTS)}")
     if name in ("plain", "anomaly"):
-        return {"group_cost": None, "prefix_cache": False, "anomaly_mode": name == "anomaly"}
-    if name == "default":
-        return {"group_cost": config["llm_group_cost"], "prefix_cache": config["llm_prefix_cache"], "anomaly_mode": False}
-    raise ValueError(f"unknown variant {name!r}: anomaly, plain or default")
+        return {"group_cost": None, "prefix_cache": False, "head_cache": False, "compute_dtype": None,
+                "anomaly_mode": name == "anomaly"}
+    default_dtype = resolve_compute_dtype(config["llm_compute_dtype"], config["device"], _weights_dtype(config))
+    settings = {"group_cost": config["llm_group_cost"], "prefix_cache": config["llm_prefix_cache"],
+                "head_cache": bool(config["llm_head_cache"]),
+                "compute_dtype": None if default_dtype is None else str(default_dtype).replace("torch.", ""),
+                "anomaly_mode": False}
+    if name in ("no_head_cache", "bf16_no_head_cache"):
+        settings["head_cache"] = False
+    if name == "no_bf16":
+        settings["compute_dtype"] = None
+    if name.startswith("bf16"):
+        settings["compute_dtype"] = "bfloat16"
+    return settings
+
+
+def _weights_dtype(config):
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(config["llm_dtype"], torch.float32)
+
+
+_HEAD_CACHES = {}  # one cache per compute dtype, kept across repeats (the steady state of a long run)
 
 
 def use_variant(model, config, name):
     import torch
 
+    from recbole_llmsrec.llm.cache import PromptHeadCache
+
     settings = variant_settings(config, name)
     torch.autograd.set_detect_anomaly(settings.pop("anomaly_mode"))
+    dtype = settings.pop("compute_dtype")
+    model.llm.compute_dtype = getattr(torch, dtype) if dtype else None
+    use_cache = settings.pop("head_cache")
+    model.llm.head_cache = _HEAD_CACHES.setdefault(dtype, PromptHeadCache(config["llm_head_cache_mb"])) if use_cache else None
     for key, value in settings.items():
         setattr(model.llm, key, value)
+
+
+def fill_head_cache(model, config, valid_data, variants, device):
+    """One untimed evaluation pass per cached variant: every item's and user's head is then kept,
+    as from a long run's second epoch on. Returns the cache's size per compute dtype."""
+    import torch
+
+    model.eval()
+    for name in variants:
+        if name in ("plain", "anomaly") or not variant_settings(config, name)["head_cache"]:
+            continue
+        use_variant(model, config, name)
+        model.clear_cache()
+        with torch.no_grad():
+            model.all_item_vectors()
+            for batch in valid_data:
+                model.user_vectors(batch[0].to(device))
+    model.clear_cache()
+    return {str(dtype): {"heads": len(cache), "mb": cache.bytes / 2**20} for dtype, cache in _HEAD_CACHES.items()}
 
 
 def floor_of_recorded(calls, model, run, backward, device):
@@ -307,7 +364,8 @@ def main():
     flags.add_argument("--eval_users", type=int, default=0, help="users whose vectors are timed (0: all)")
     flags.add_argument("--eval_repeats", type=int, default=1)
     flags.add_argument("--variants", default="anomaly,plain,default",
-                       help="anomaly (plain under autograd anomaly mode), plain (one padded batch per LLM call), default")
+                       help=f"comma-separated, of {', '.join(VARIANTS)} (see VARIANTS)")
+    flags.add_argument("--report", default="step_floor", help="report name: benchmarks/results/<report>_<dataset>.json")
     flags.add_argument("--teacher_checkpoint", default="", help="a SASRec checkpoint; empty: a one-epoch teacher")
     flags.add_argument("--llmsrec_config", default="{}", help="JSON dict of LLMSRec config overrides")
     args = flags.parse_args()
@@ -320,7 +378,8 @@ def main():
     report = report_head(args, "step_floor.py", [
         f"--llm_path={args.llm_path}", f"--steps={args.steps}", f"--repeats={args.repeats}",
         f"--eval_users={args.eval_users}", f"--eval_repeats={args.eval_repeats}", f"--variants={args.variants}",
-        f"--teacher_checkpoint={args.teacher_checkpoint}", f"--llmsrec_config='{args.llmsrec_config}'"])
+        f"--teacher_checkpoint={args.teacher_checkpoint}", f"--llmsrec_config='{args.llmsrec_config}'",
+        f"--report={args.report}"])
     del report["models"]
     report.update(
         device=str(device), llmsrec_overrides=json.loads(args.llmsrec_config),
@@ -332,6 +391,7 @@ def main():
     for name in variants:
         variant_settings(config, name)
     report["variants"] = {name: variant_settings(config, name) for name in variants}
+    report["head_cache_filled"] = fill_head_cache(model, config, valid_data, variants, device)
     report["training"] = training = time_training(
         model, trainer, config, train_data, args.steps, args.repeats, variants, device)
     for name in variants:
@@ -345,8 +405,15 @@ def main():
                                                [name for name in variants if name != "anomaly"], device)
         print(json.dumps(report["evaluation"], indent=1), flush=True)
     report["peak_memory_mb"] = peak_memory_mb(device)
+    if "default" in variants:  # the configuration's step and evaluation pass over the float32 floor
+        report["step_over_fp32_floor"] = training["default"]["ratio_median"]
+        if "evaluation" in report:
+            report["eval_over_fp32_floor"] = report["evaluation"]["default"]["both"]["ratio_median"]
+    report["ratios"] = {name: {"step": training[name]["ratio_median"],
+                               "eval": report.get("evaluation", {}).get(name, {}).get("both", {}).get("ratio_median")}
+                        for name in variants}
 
-    out = report_path(args, "step_floor")
+    out = report_path(args, args.report)
     write_report(report, out)
     print(f"wrote {out}")
 

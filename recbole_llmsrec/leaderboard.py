@@ -5,11 +5,13 @@
         --model_config='{"LLMSRec": {"epochs": 1, "prompt_show_dates": false}}'
 
 Each model is trained once (RecBole's trainer, early stopping on validation) and its best
-checkpoint is tested twice on the same test split: ``uni100`` (1 positive + 99 sampled negatives,
-the LLM-SRec paper's protocol; the negatives are drawn after resetting RecBole's seed, so every
-model ranks the same candidates) and full ranking. Per model it also reports warm/cold target
-items and, unless ``--shuffle_scopes=none``, the shuffled-history diagnostic
-(:mod:`recbole_llmsrec.evaluation.shuffle`).
+checkpoint is tested twice on the same test split: ``uni100`` (the target among 100 sampled
+negatives, 101 candidates; with ``eval_neg_exclude: history``, the default, no negative is an item
+of the user's history, as in the LLM-SRec code; the negatives are drawn after resetting RecBole's
+seed, so every model ranks the same candidates) and full ranking. Every record names its
+candidate protocol (``candidates``). Per model it also reports warm/cold target items and, unless
+``--shuffle_scopes=none``, the shuffled-history diagnostic (:mod:`recbole_llmsrec.evaluation.shuffle`;
+skipped for models that read no sequence, such as ``Pop``).
 
 Every model runs in a process of its own: its memory (an LLM) is returned when it ends, RecBole's
 global state (seeds, logger) starts fresh, and a model that fails is reported while the others go
@@ -56,10 +58,53 @@ _NOT_IN_KEY = {
 
 
 def default_models():
-    """RecBole's SASRec and BERT4Rec, then this plugin's models."""
+    """RecBole's Pop (the floor every model must clear), SASRec and BERT4Rec, then this plugin's models."""
     from recbole_llmsrec.utils import plugin_model_names
 
-    return ["SASRec", "BERT4Rec"] + plugin_model_names()
+    return ["Pop", "SASRec", "BERT4Rec"] + plugin_model_names()
+
+
+def is_sequential(model_name):
+    """Whether ``model_name`` reads a user's item sequence (Pop, a general model, does not)."""
+    from recbole.utils import ModelType
+
+    from recbole_llmsrec.utils import get_model
+
+    return get_model(model_name).type == ModelType.SEQUENTIAL
+
+
+def candidate_protocol(config):
+    """How the sampled test candidates were drawn: ``{"mode", "negatives", "candidates",
+    "negatives_exclude"}``."""
+    from recbole_llmsrec.data.sampling import eval_neg_exclude
+
+    mode = config["eval_args"]["mode"]["test"]
+    negatives = config["test_neg_sample_args"]["sample_num"]
+    return {"mode": mode, "negatives": negatives, "candidates": negatives + 1,
+            "negatives_exclude": eval_neg_exclude(config)}
+
+
+def protocol_note(records):
+    """One line for the tables: the sampled candidates of ``records`` (and a warning if they differ)."""
+    text = {
+        "history": "no negative is an item of the user's history (train, valid, test; eval_neg_exclude: history)",
+        "recbole": "RecBole's sampler: a negative can be an item of the user's history (eval_neg_exclude: recbole)",
+    }
+    protocols = {}
+    for record in records:
+        # records written before the field existed were sampled by RecBole's sampler
+        protocol = record.get("candidates") or {"mode": "uni100", "negatives": 100, "candidates": 101,
+                                                 "negatives_exclude": "recbole"}
+        protocols.setdefault(json.dumps(protocol, sort_keys=True), []).append(record["model"])
+    lines = []
+    for key, models in protocols.items():
+        protocol = json.loads(key)
+        line = (f"{protocol['mode']}: the target among {protocol['negatives']} sampled negatives "
+                f"({protocol['candidates']} candidates); {text[protocol['negatives_exclude']]}")
+        lines.append(line if len(protocols) == 1 else f"{line}: {', '.join(models)}")
+    if len(protocols) > 1:
+        lines.insert(0, "WARNING: these models were tested on different candidates; their uni100 rows do not compare")
+    return "\n\n".join(lines)
 
 
 def config_flags(args):
@@ -183,6 +228,7 @@ def train_and_evaluate(model_name, config_dict, shuffle_scopes=()):
     record = {
         "model": model_name,
         "dataset": config["dataset"],
+        "candidates": candidate_protocol(config),  # the uni100 row's: sampled negatives and what they avoid
         "results": {mode: result.mean() for mode, result in per_user.items()},
         "full_error": full_error,
         "users": {mode: len(result) for mode, result in per_user.items()},
@@ -207,7 +253,9 @@ def train_and_evaluate(model_name, config_dict, shuffle_scopes=()):
                    f"{'GPU ' + torch.cuda.get_device_name() if config['use_gpu'] and torch.cuda.is_available() else 'CPU'}",
         "commit": _git_commit(),
     }
-    if shuffle_scopes:
+    if shuffle_scopes and not is_sequential(model_name):
+        record["shuffle_skipped"] = f"{model_name} reads no item sequence, so there is no history order to shuffle"
+    elif shuffle_scopes:
         record["shuffle"] = {
             "uni100": shuffle_diagnostic(trainer, test_data, shuffle_scopes, batches=batches,
                                          original=per_user["uni100"], show_progress=show_progress),
@@ -329,7 +377,7 @@ def write_leaderboard(records, folder, title):
     shown = table.assign(setup_seconds=table["model"].map(lambda m: extra[m][0]),
                          epochs=table["model"].map(lambda m: extra[m][1]))
     with open(os.path.join(folder, "leaderboard.md"), "w") as f:
-        f.write(f"{title}\n\n")
+        f.write(f"{title}\n\n{protocol_note(records)}\n\n")
         for mode in EVAL_MODES:
             part = shown[shown["eval_mode"] == mode].sort_values("ndcg@10", ascending=False)
             formats = [".4f" if column.startswith(("ndcg", "hit")) else ".1f" if column.endswith("seconds") else "g"
@@ -338,8 +386,8 @@ def write_leaderboard(records, folder, title):
     warm = warm_cold_table(records)
     warm.to_csv(os.path.join(folder, "warm_cold.csv"), index=False)
     with open(os.path.join(folder, "warm_cold.md"), "w") as f:
-        f.write(f"{title}\n\nTarget items split by their training interactions (warm: the most interacted "
-                f"share of the catalogue, cold: the least; see warm_item_ratio / cold_item_ratio).\n\n")
+        f.write(f"{title}\n\n{protocol_note(records)}\n\nTarget items split by their training interactions (warm: the "
+                f"most interacted share of the catalogue, cold: the least; see warm_item_ratio / cold_item_ratio).\n\n")
         f.write(warm.to_markdown(index=False, floatfmt=".4f") + "\n")
 
     fig, axes = plt.subplots(1, len(EVAL_MODES), figsize=(6 + 0.6 * len(records), 4.2), squeeze=False)
@@ -399,6 +447,11 @@ def leaderboard_main(argv=None, compare_shuffled_training=False):
         parser.error("name the models with --models=A,B (comma-separated), not --model")
     sys.argv = sys.argv[:1]
     models = args.models.split(",") if args.models else default_models()
+    if compare_shuffled_training:  # a model without a sequence cannot be trained on shuffled ones
+        skipped = [m for m in models if not is_sequential(m)]
+        if skipped:
+            tqdm.write(f"shuffled training: skipping {', '.join(skipped)} (not sequential models: no sequence to shuffle)")
+        models = [m for m in models if m not in skipped]
     scopes = tuple(s for s in args.shuffle_scopes.split(",") if s and s != "none")
     common = {"dataset": args.dataset, "seed": args.seed, **flags}
     if compare_shuffled_training:
@@ -430,8 +483,11 @@ def leaderboard_main(argv=None, compare_shuffled_training=False):
     elif records:
         table = write_leaderboard(records, folder, title)
         tqdm.write(table.to_string(index=False))
-        if scopes:
-            write_shuffle_report(records, folder, title=f"{title}\n\nTest histories shuffled (models trained on original order)")
+        shuffled = [record for record in records if record.get("shuffle")]
+        if scopes and shuffled:
+            skipped = "".join(f"\n\n{r['model']}: skipped, {r['shuffle_skipped']}." for r in records if r.get("shuffle_skipped"))
+            write_shuffle_report(shuffled, folder, title=f"{title}\n\nTest histories shuffled (models trained on "
+                                                         f"original order)\n\n{protocol_note(shuffled)}{skipped}")
     bar.close()
     if records:
         tqdm.write(f"wrote {folder}/")

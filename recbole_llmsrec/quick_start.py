@@ -10,17 +10,17 @@ from collections.abc import MutableMapping
 from logging import getLogger
 
 import torch.distributed as dist
-from recbole.data import data_preparation
 from recbole.utils import init_logger, init_seed, set_color
 
 from recbole_llmsrec.config import Config
-from recbole_llmsrec.data import create_dataset
+from recbole_llmsrec.data import create_dataset, data_preparation
 from recbole_llmsrec.utils import get_model, get_trainer
 
 
 def _build(config):
     init_seed(config["seed"], config["reproducibility"])
     dataset = create_dataset(config)
+    # RecBole's, with sampled evaluation negatives outside each user's history (eval_neg_exclude)
     train_data, valid_data, test_data = data_preparation(config, dataset)
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     distributed = not config["single_spec"]

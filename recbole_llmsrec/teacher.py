@@ -15,19 +15,19 @@ import random
 
 import numpy as np
 import torch
-from recbole.data import data_preparation
 from recbole.model.sequential_recommender.sasrec import SASRec
 from recbole.utils import init_seed
 
 from recbole_llmsrec.compat import atomic_torch_save, load_recbole_checkpoint
 from recbole_llmsrec.config import Config
-from recbole_llmsrec.data import create_dataset
+from recbole_llmsrec.data import create_dataset, data_preparation
 from recbole_llmsrec.utils import get_trainer
 
 logger = logging.getLogger(__name__)
 
-# Settings besides the dataset's own that decide which items exist and how sequences are cut.
-_SPLIT_KEYS = ("eval_args", "MAX_ITEM_LIST_LENGTH", "seed", "reproducibility")
+# Settings besides the dataset's own that decide which items exist and how sequences are cut, and
+# which validation candidates pick the teacher's best epoch.
+_SPLIT_KEYS = ("eval_args", "eval_neg_exclude", "MAX_ITEM_LIST_LENGTH", "seed", "reproducibility")
 
 
 def item_fingerprint(dataset):
@@ -45,9 +45,12 @@ def _dataset_settings(config):
 
 
 def teacher_cache_path(config, dataset):
+    data = _dataset_settings(config)
+    if data.get("eval_neg_exclude") == "recbole":
+        del data["eval_neg_exclude"]  # teachers cached before the key existed were validated this way
     settings = {
         "dataset": config["dataset"],
-        "data": _dataset_settings(config),
+        "data": data,
         "teacher": config["teacher_config"],
         "items": item_fingerprint(dataset),
     }

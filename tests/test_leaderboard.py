@@ -38,7 +38,9 @@ def test_leaderboard_runs_every_model_once_and_resumes(tiny_config_dict, tiny_en
     assert (by.xs("uni100", level=1)["hit@10"] >= by.xs("full", level=1)["hit@10"]).all()
     params = dict(zip(table["model"], table["trainable_params"]))
     assert params["LLMSeqSim"] == 0 and params["SASRec"] > 0
-    assert (folder / "leaderboard.png").stat().st_size > 0 and "### uni100" in (folder / "leaderboard.md").read_text()
+    markdown = (folder / "leaderboard.md").read_text()
+    assert (folder / "leaderboard.png").stat().st_size > 0 and "### uni100" in markdown
+    assert "uni100: the target among 100 sampled negatives (101 candidates); no negative is an item of the user's history" in markdown
 
     warm = pd.read_csv(folder / "warm_cold.csv")
     assert set(warm["group"]) == {"warm", "cold"} and len(warm) == 2 * 2 * 2
@@ -51,6 +53,8 @@ def test_leaderboard_runs_every_model_once_and_resumes(tiny_config_dict, tiny_en
     records = {path: json.loads((folder / "runs" / path).read_text()) for path in os.listdir(folder / "runs")
                if not path.endswith(".settings.json")}
     assert len(records) == 2 and len({json.dumps(r["users"]) for r in records.values()}) == 1
+    assert all(r["candidates"] == {"mode": "uni100", "negatives": 100, "candidates": 101, "negatives_exclude": "history"}
+               for r in records.values())
     # cost per epoch and per validation pass; LLMSeqSim trains nothing and validates once
     by_model = {r["model"]: r for r in records.values()}
     sasrec = by_model["SASRec"]

@@ -18,8 +18,10 @@ def last_item_per_user(train):
     """The training split with only the longest prefix of each user (target = last training item)."""
     uid = train.inter_feat[train.uid_field]
     length = train.inter_feat[train.config["ITEM_LIST_LENGTH_FIELD"]]
-    # the longest prefix per user: sort by (user, length) and keep each user's last row
-    order = torch.argsort(uid * (int(length.max()) + 1) + length)
+    # the longest prefix per user: sort by (user, length) and keep each user's last row. Lengths
+    # stop growing at MAX_ITEM_LIST_LENGTH, so a long history has many rows of equal key; a stable
+    # sort keeps them in the split's order (by time), so the last is the latest target.
+    order = torch.argsort(uid * (int(length.max()) + 1) + length, stable=True)
     sorted_uid = uid[order]
     is_last = torch.ones_like(sorted_uid, dtype=torch.bool)
     is_last[:-1] = sorted_uid[1:] != sorted_uid[:-1]

@@ -20,8 +20,9 @@ GROUPS = ("warm", "cold")
 def training_item_counts(dataset, valid_dataset, test_dataset):
     """Training interactions of every item id (``[item_num]``; padding id 0 counts nothing).
 
-    ``dataset`` is the built sequential dataset (one row per interaction that has a history);
-    ``valid_dataset`` / ``test_dataset`` are its validation and test splits.
+    ``dataset`` is the built dataset: a sequential one has a row per interaction that has a
+    history, a general one (``Pop``) a row per interaction; ``valid_dataset`` / ``test_dataset``
+    are its validation and test splits.
     """
     if dataset.config["benchmark_filename"] is not None:
         raise ValueError(
@@ -31,9 +32,10 @@ def training_item_counts(dataset, valid_dataset, test_dataset):
     iid, n = dataset.iid_field, dataset.item_num
     rows = dataset.inter_feat
     counts = torch.bincount(rows[iid], minlength=n)
-    # each user's first interaction only ever appears as the start of its length-1 history
-    first = rows[iid + dataset.config["LIST_SUFFIX"]][rows[dataset.item_list_length_field] == 1][:, 0]
-    counts += torch.bincount(first, minlength=n)
+    if hasattr(dataset, "item_list_length_field"):  # sequential: rows are (history, target) pairs
+        # each user's first interaction only ever appears as the start of its length-1 history
+        first = rows[iid + dataset.config["LIST_SUFFIX"]][rows[dataset.item_list_length_field] == 1][:, 0]
+        counts += torch.bincount(first, minlength=n)
     for split in (valid_dataset, test_dataset):
         counts -= torch.bincount(split.inter_feat[iid], minlength=n)
     counts[0] = 0

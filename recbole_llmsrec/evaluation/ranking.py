@@ -19,7 +19,7 @@ from recbole.data.dataloader import FullSortEvalDataLoader
 from recbole.evaluator import Collector
 from recbole.evaluator.base_metric import TopkMetric
 from recbole.evaluator.register import metrics_dict
-from recbole.utils import init_seed
+from recbole.utils import ModelType, init_seed
 from tqdm import tqdm
 
 
@@ -28,8 +28,19 @@ def eval_mode_name(eval_data):
 
 
 def full_sort_loader(config, eval_data):
-    """A full-ranking loader over the same split as ``eval_data`` (no new dataset, no new split)."""
-    return FullSortEvalDataLoader(config, eval_data._dataset, None, shuffle=False)
+    """A full-ranking loader over the same split as ``eval_data`` (no new dataset, no new split).
+
+    A sequential model's needs no sampler. A general model's (``Pop``) takes RecBole's sampler of
+    ``eval_data`` for the items to mask, as RecBole's own full ranking of such a model does: the
+    user's training (and, in the test, validation) items score -inf.
+    """
+    sampler = None
+    if config["MODEL_TYPE"] != ModelType.SEQUENTIAL:
+        sampler = eval_data._sampler
+        sampler = getattr(sampler, "recbole_sampler", None) or sampler  # not eval_neg_exclude's
+        if sampler is None:
+            raise ValueError(f"{config['model']} is not sequential: its full ranking needs the sampler of a sampled loader")
+    return FullSortEvalDataLoader(config, eval_data._dataset, sampler, shuffle=False)
 
 
 def fixed_batches(eval_data, seed=None, reproducibility=True):
@@ -81,7 +92,10 @@ def _batch_users_and_targets(batched_data, rows, uid_field):
     targets = torch.empty(rows, dtype=torch.long)
     targets[positive_u] = positive_i.long().cpu()
     users = torch.empty(rows, dtype=torch.long)
-    users[row_index if row_index is not None else torch.arange(rows)] = interaction[uid_field].long().cpu()
+    # row_index: a sampled loader's row of each candidate; None, or a general model's full-ranking
+    # history index (a tuple), where the interaction holds one row per user
+    per_row = row_index if row_index is not None and not isinstance(row_index, tuple) else torch.arange(rows)
+    users[per_row] = interaction[uid_field].long().cpu()
     return users, targets
 
 

@@ -176,6 +176,8 @@ def diagnose_checkpoint(model_file, scopes=SHUFFLE_SCOPES, eval_modes=("uni100",
     """:func:`shuffle_diagnostic` of a saved checkpoint under each evaluation mode, as a record
     the report writers take (``{"model", "dataset", "shuffle": {mode: {scope: ...}}}``)."""
     config, dataset, _, _, test_data, trainer = load_checkpoint_run(model_file, overrides)
+    if not hasattr(dataset, "item_list_length_field"):
+        raise ValueError(f"{model_file} holds {config['model']}, which reads no item sequence: there is no order to shuffle")
     loaders = {"uni100": test_data, "full": full_sort_loader(config, test_data)}
     if config["eval_args"]["mode"]["test"] != "uni100" and "uni100" in eval_modes:
         raise ValueError(

@@ -4,14 +4,15 @@ Loading (a Hugging Face id, a local folder, or a packaged alias), freezing, the 
 soft-token injection, and reading hidden states out at marker tokens all live here, once.
 """
 
-import functools
+import contextlib
 import importlib.util
-import inspect
 import logging
 import os
 
 import torch
 from torch import nn
+
+from recbole_llmsrec.llm.cache import PromptHeadCache, cache_kwargs, expanded_cache, head_length, output_cache, run_tails
 
 logger = logging.getLogger(__name__)
 
@@ -87,26 +88,6 @@ def _packaged_llm_folder(alias, cache_dir):
 
         shutil.rmtree(staging, ignore_errors=True)
     return target
-
-
-@functools.lru_cache(maxsize=None)
-def _cache_argument(decoder_class):
-    return "cache" if "cache" in inspect.signature(decoder_class.forward).parameters else "past_key_values"
-
-
-def cache_kwargs(model, cache):
-    """``{name: cache}`` for a forward or ``generate`` call, under the name this transformers uses.
-
-    transformers 5 renamed ``past_key_values`` to ``cache`` (the old name warns, and goes in 5.40);
-    4.x knows only ``past_key_values``. Looked up once per decoder class, not per call.
-    """
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
-    return {_cache_argument(type(decoder)): cache}
-
-
-def output_cache(output):
-    """The key/value cache of a model output, under either transformers name."""
-    return output["cache"] if "cache" in output else output["past_key_values"]
 
 
 def resolve_llm_path(llm_path, cache_dir=None):
@@ -268,6 +249,44 @@ def read_out(hidden_states, input_ids, token_id):
     return hidden_states[mask]
 
 
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def fast_bfloat16(device):
+    """Whether bfloat16 matrix products are fast here: a CUDA GPU that supports them, or a CPU whose
+    oneDNN has a bfloat16 path (AVX-512 / AMX). On an AVX2-only CPU PyTorch falls back to a scalar
+    loop (measured: a 2048x2048 product 380x slower than float32), so bfloat16 must not be chosen."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+def resolve_compute_dtype(setting, device, weight_dtype):
+    """The dtype the frozen LLM computes in under autocast (``llm_compute_dtype``), or None: none.
+
+    ``auto`` picks bfloat16 where it is fast (:func:`fast_bfloat16`) and the weights are float32,
+    else none. Trained parameters, optimiser state and losses stay float32 in every case.
+    """
+    setting = setting or "float32"
+    if setting not in COMPUTE_DTYPES:
+        raise ValueError(f"llm_compute_dtype must be one of {COMPUTE_DTYPES}, not {setting!r}")
+    if setting == "auto":
+        setting = "bfloat16" if weight_dtype == torch.float32 and fast_bfloat16(device) else "float32"
+    dtype = DTYPES[setting]
+    if dtype == weight_dtype or dtype == torch.float32:
+        return None  # nothing to cast: the weights' own precision (float32 weights never autocast up)
+    if dtype == torch.bfloat16 and not fast_bfloat16(device):
+        logger.warning(
+            f"llm_compute_dtype=bfloat16 on {device}, which has no fast bfloat16 products (an AVX2-only CPU "
+            f"computes them in a slow fallback, 30x slower than float32 per step as measured); set "
+            f"llm_compute_dtype: auto or float32"
+        )
+    return dtype
+
+
 class LLMBackbone(nn.Module):
     """A frozen causal LM with this plugin's special tokens, optionally with LoRA adapters.
 
@@ -277,13 +296,17 @@ class LLMBackbone(nn.Module):
     base weights stay frozen.
     """
 
-    def __init__(self, model, tokenizer, gradient_checkpointing=False, group_cost=None, prefix_cache=False):
+    def __init__(self, model, tokenizer, gradient_checkpointing=False, group_cost=None, prefix_cache=False,
+                 compute_dtype=None, head_cache=False, head_cache_mb=None, batch_size=64):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
         self.group_cost = group_cost
         self.prefix_cache = prefix_cache
         self._prefix_states = {}
+        self.compute_dtype = compute_dtype
+        self.head_cache = PromptHeadCache(head_cache_mb) if head_cache else None
+        self.batch_size = batch_size
         missing = [tok for tok in SPECIAL_TOKENS if tok not in tokenizer.get_vocab()]
         if missing:
             tokenizer.add_tokens(missing, special_tokens=True)
@@ -314,6 +337,9 @@ class LLMBackbone(nn.Module):
         backbone = cls(
             model, tokenizer, gradient_checkpointing=config["llm_gradient_checkpointing"],
             group_cost=config["llm_group_cost"], prefix_cache=config["llm_prefix_cache"],
+            compute_dtype=resolve_compute_dtype(config["llm_compute_dtype"], config["device"], model.dtype),
+            head_cache=config["llm_head_cache"], head_cache_mb=config["llm_head_cache_mb"],
+            batch_size=config["llm_batch_size"] or 64,
         )
         if lora:
             backbone.model = add_lora(backbone.model, config)
@@ -366,38 +392,103 @@ class LLMBackbone(nn.Module):
             inputs_embeds = inject_soft_tokens(inputs_embeds, input_ids, token_id, values)
         return inputs_embeds
 
+    def autocast(self):
+        """The context the frozen LLM runs in: autocast to ``compute_dtype``, or nothing."""
+        if self.compute_dtype is None:
+            return contextlib.nullcontext()
+        device_type = self.model.get_input_embeddings().weight.device.type
+        return torch.autocast(device_type, dtype=self.compute_dtype)
+
+    @property
+    def frozen(self):
+        """True while no LLM weight trains or has trained (no LoRA): cached states stay valid."""
+        return not self.has_lora and not any(param.requires_grad for param in self.model.parameters())
+
+    def pad(self, prompts, device):
+        """Right-pad token id lists into ``(input_ids, attention_mask)`` on ``device``."""
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        width = max(len(prompt) for prompt in prompts)
+        input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            input_ids[row, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
+            attention_mask[row, : len(prompt)] = 1
+        return input_ids.to(device), attention_mask.to(device)
+
+    @staticmethod
+    def _rows_soft(soft_tokens, input_ids, rows):
+        """The soft-token vectors of ``rows`` (a list of row indices), in their row-major order."""
+        selected = {}
+        for token_id, values in soft_tokens.items():
+            ends = torch.cumsum((input_ids == token_id).sum(1), 0).tolist()
+            index = [k for row in rows for k in range(ends[row - 1] if row else 0, ends[row])]
+            selected[token_id] = values[torch.tensor(index, dtype=torch.long, device=values.device)]
+        return selected
+
+    def encode_prompts(self, prompts, soft_tokens, device):
+        """Hidden states of token-id ``prompts`` with soft tokens written in: ``(hidden, ids)``, where
+        ``ids`` are the token ids the states belong to (for :func:`read_out`).
+
+        With the head cache (``llm_head_cache``, frozen LLM only), every prompt's head (the tokens
+        before its first soft token) comes from :class:`~recbole_llmsrec.llm.cache.PromptHeadCache`
+        and only its tail runs: ``hidden`` and ``ids`` then cover the tails. Without it, whole
+        prompts run through :meth:`encode`. The states read out are the same either way.
+        """
+        if self.head_cache is None or self.gradient_checkpointing or not self.frozen:
+            input_ids, attention_mask = self.pad(prompts, device)
+            return self.encode(input_ids, attention_mask, soft_tokens), input_ids
+        soft_ids = set(soft_tokens)
+        cuts = [min(head_length(prompt, soft_ids), len(prompt) - 1) for prompt in prompts]
+        for prompt, cut in zip(prompts, cuts):
+            self.check_length(len(prompt))
+        tail_ids, tail_mask = self.pad([prompt[cut:] for prompt, cut in zip(prompts, cuts)], device)
+        decoder, table = self.model.get_decoder(), self.model.get_input_embeddings()
+        with self.autocast():
+            entries = self.head_cache.heads(decoder, table, [tuple(p[:c]) for p, c in zip(prompts, cuts)],
+                                            self.batch_size)
+            lengths = tail_mask.sum(1)
+            groups = length_groups(lengths.tolist(), self.group_cost)
+            hidden = None
+            for rows in groups:
+                width = int(lengths[rows].max())
+                index = torch.tensor(rows, dtype=torch.long, device=tail_ids.device)
+                ids = tail_ids[index, :width]
+                soft = self._rows_soft(soft_tokens, tail_ids, rows)
+                out = run_tails(decoder, self.embed(ids, soft), tail_mask[index, :width],
+                                [entries[row] for row in rows], self.model.config)
+                if hidden is None:
+                    hidden = out.new_zeros(*tail_ids.shape, out.shape[-1])
+                hidden[index, :width] = out
+        return hidden, tail_ids
+
     def encode(self, input_ids, attention_mask, soft_tokens):
         """Last-layer hidden states ``[batch, length, d]`` of the prompts, soft tokens written in.
 
         Two savings leave the result as it is (up to rounding) for right-padded prompts: prompts of
         different lengths run in length groups (``group_cost``: less padding), and the opening
         tokens that every prompt shares run once and are reused from a cache (``prefix_cache``,
-        only while the LLM is frozen). Positions past a prompt's end hold zeros.
+        only while the LLM is frozen). Positions past a prompt's end hold zeros. The LLM computes
+        in ``compute_dtype`` (autocast) where one is set.
         """
         self.check_length(input_ids.shape[1])
-        lengths = attention_mask.sum(1)
-        if not bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all()):  # not right-padded
-            return self._decode(input_ids, attention_mask, soft_tokens, 0)
-        prefix = self._shared_prefix(input_ids, lengths, soft_tokens)
-        groups = length_groups(lengths.tolist(), self.group_cost)
-        if len(groups) == 1:
-            return self._decode(input_ids, attention_mask, soft_tokens, prefix)
-        # the soft tokens of each group's rows, in the groups' row-major order
-        starts = {token_id: torch.cumsum((input_ids == token_id).sum(1), 0).tolist() for token_id in soft_tokens}
-        hidden = None
-        for rows in groups:
-            width = int(lengths[rows].max())
-            group_soft = {}
-            for token_id, values in soft_tokens.items():
-                ends = starts[token_id]
-                index = [k for row in rows for k in range(ends[row - 1] if row else 0, ends[row])]
-                group_soft[token_id] = values[torch.tensor(index, dtype=torch.long, device=values.device)]
-            rows_index = torch.tensor(rows, dtype=torch.long, device=input_ids.device)
-            out = self._decode(input_ids[rows_index, :width], attention_mask[rows_index, :width], group_soft, prefix)
-            if hidden is None:
-                hidden = out.new_zeros(*input_ids.shape, out.shape[-1])
-            hidden[rows_index, :width] = out
-        return hidden
+        with self.autocast():
+            lengths = attention_mask.sum(1)
+            if not bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all()):  # not right-padded
+                return self._decode(input_ids, attention_mask, soft_tokens, 0)
+            prefix = self._shared_prefix(input_ids, lengths, soft_tokens)
+            groups = length_groups(lengths.tolist(), self.group_cost)
+            if len(groups) == 1:
+                return self._decode(input_ids, attention_mask, soft_tokens, prefix)
+            hidden = None
+            for rows in groups:
+                width = int(lengths[rows].max())
+                rows_index = torch.tensor(rows, dtype=torch.long, device=input_ids.device)
+                out = self._decode(input_ids[rows_index, :width], attention_mask[rows_index, :width],
+                                   self._rows_soft(soft_tokens, input_ids, rows), prefix)
+                if hidden is None:
+                    hidden = out.new_zeros(*input_ids.shape, out.shape[-1])
+                hidden[rows_index, :width] = out
+            return hidden
 
     def _shared_prefix(self, input_ids, lengths, soft_tokens):
         """How many opening tokens every prompt shares and may be cached (0: none)."""
@@ -419,14 +510,12 @@ class LLMBackbone(nn.Module):
         if not prefix:
             inputs_embeds = self.embed(input_ids, soft_tokens)
             return decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
-        from recbole_llmsrec.llm.scoring import _expanded_cache
-
         layers, prefix_hidden = self._prefix(input_ids[0, :prefix])
         rows = input_ids.shape[0]
         out = decoder(
             inputs_embeds=self.embed(input_ids[:, prefix:], soft_tokens),
             attention_mask=attention_mask,
-            **cache_kwargs(decoder, _expanded_cache(self.model, layers, rows)),
+            **cache_kwargs(decoder, expanded_cache(self.model, layers, rows)),
             use_cache=True,
         ).last_hidden_state
         return torch.cat([prefix_hidden.expand(rows, -1, -1).to(out.dtype), out], dim=1)

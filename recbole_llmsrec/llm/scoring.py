@@ -17,7 +17,7 @@ import torch
 from torch.nn import functional as F
 from transformers import DynamicCache
 
-from recbole_llmsrec.llm.backbone import cache_kwargs, output_cache
+from recbole_llmsrec.llm.cache import cache_kwargs, expanded_cache, output_cache
 
 
 def _check_prefix(prefix_embeds):
@@ -43,16 +43,6 @@ def _prefix_pass(model, prefix_embeds):
             f"score with the naive_* functions for this model"
         )
     return out.logits[0, -1].float().log_softmax(-1), [tuple(layer) for layer in cache]
-
-
-def _expanded_cache(model, layers, n):
-    """A fresh cache holding the prompt's keys and values for ``n`` rows (views, no copy).
-
-    A new cache per chunk, because running a chunk appends that chunk's keys to the cache.
-    """
-    data = [(keys.expand(n, *keys.shape[1:]), values.expand(n, *values.shape[1:]), *rest)
-            for keys, values, *rest in layers]
-    return DynamicCache(data, config=model.config)
 
 
 def _chunks(lengths, chunk_size):
@@ -105,7 +95,7 @@ def continuation_logprobs(model, prefix_embeds, continuations, chunk_size=64):
             inputs_embeds=model.get_input_embeddings()(inputs),
             attention_mask=mask,
             position_ids=positions,
-            **cache_kwargs(model, _expanded_cache(model, layers, len(rest))),
+            **cache_kwargs(model, expanded_cache(model, layers, len(rest))),
             use_cache=True,
         ).logits
         token_nll = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=-100, reduction="none")
@@ -136,7 +126,7 @@ def next_token_logits(model, prefix_embeds, suffixes, token_ids=None, chunk_size
             inputs_embeds=embeds,
             attention_mask=mask,
             position_ids=positions,
-            **cache_kwargs(model, _expanded_cache(model, layers, len(index))),
+            **cache_kwargs(model, expanded_cache(model, layers, len(index))),
             use_cache=True,
             logits_to_keep=1,
         ).logits[:, -1]

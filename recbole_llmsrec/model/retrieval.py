@@ -70,14 +70,13 @@ class LLMRetrievalMixin:
     def _encode(self, sequences, items, out_token_id, out_vector, prefix=None):
         """Run prompts through the LLM with item, prefix and output vectors injected; read the output."""
         device = self.user_out_token.device
-        input_ids, attention_mask = self.prompts.pad(sequences, device)
         soft_tokens = {out_token_id: out_vector.expand(len(sequences), -1)}
         item_vectors = self.item_soft_tokens(torch.tensor(items, dtype=torch.long, device=device))
         if item_vectors is not None:
             soft_tokens[self.prompts.history_emb_id] = item_vectors
         if prefix is not None:
             soft_tokens[self.llm.token_ids[USER_REP]] = prefix
-        hidden = self.llm.encode(input_ids, attention_mask, soft_tokens)
+        hidden, input_ids = self.llm.encode_prompts(sequences, soft_tokens, device)
         return read_out(hidden, input_ids, out_token_id).float()
 
     def user_repr(self, item_seq, item_seq_len, time_seq=None):

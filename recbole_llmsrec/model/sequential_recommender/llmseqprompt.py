@@ -27,7 +27,8 @@ from recbole.utils import InputType
 from torch.nn import functional as F
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from recbole_llmsrec.llm.backbone import add_lora, cache_kwargs, load_causal_lm, output_cache
+from recbole_llmsrec.llm.backbone import add_lora, load_causal_lm
+from recbole_llmsrec.llm.cache import cache_kwargs, output_cache
 from recbole_llmsrec.llm.encoder import TextEncoder, item_text_embeddings
 from recbole_llmsrec.llm.text import history_windows, read_item_text
 
