@@ -1,15 +1,329 @@
-"""Trainers for the LLM models: RecBole's ``Trainer``, saving and loading trained parameters only.
+"""Trainers for the LLM models: RecBole's ``Trainer``, saving and loading trained parameters only,
+with the training schedule settings of :class:`ScheduledTrainer`.
 
 A frozen LLM is never written into a checkpoint; the optimiser sees only trainable parameters.
 Looked up by ``recbole_llmsrec.utils.get_trainer`` as ``<Model>Trainer``.
 """
 
+from time import time
+
 from recbole.trainer import Trainer
+from recbole.utils import dict2str, early_stopping, set_color
+from torch.optim.lr_scheduler import ExponentialLR
 
 from recbole_llmsrec.compat import TrustedCheckpointMixin, load_recbole_checkpoint
 
 
-class LLMTrainer(TrustedCheckpointMixin, Trainer):
+def schedule_settings(config):
+    """``adam_betas``, ``valid_per_epoch`` and ``lr_decay_per_valid`` of ``config``, checked (empty: the
+    defaults, RecBole's own schedule)."""
+
+    def number(value):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    betas = config["adam_betas"]
+    if betas is not None:
+        if not (isinstance(betas, (list, tuple)) and len(betas) == 2
+                and all(number(b) and 0.0 <= b < 1.0 for b in betas)):
+            raise ValueError(f"adam_betas must be two numbers in [0, 1), e.g. [0.9, 0.98], or empty; got {betas!r}")
+        betas = tuple(float(b) for b in betas)
+    per_epoch = 1 if config["valid_per_epoch"] is None else config["valid_per_epoch"]
+    if not (number(per_epoch) and per_epoch == int(per_epoch) and per_epoch >= 1):
+        raise ValueError(f"valid_per_epoch must be a whole number >= 1 (1: RecBole's eval_step cadence); got {per_epoch!r}")
+    gamma = config["lr_decay_per_valid"]
+    if gamma is not None and not (number(gamma) and gamma > 0):
+        raise ValueError(f"lr_decay_per_valid must be a number > 0 (e.g. 0.95), or empty for a constant "
+                         f"learning rate; got {gamma!r}")
+    return betas, int(per_epoch), None if gamma is None else float(gamma)
+
+
+class _BatchHook:
+    """A training loader whose iteration calls ``after_batch(batches_done)`` once a batch has been
+    trained on (when the next one is asked for), and ends the epoch when that returns True.
+    Everything else (``len``, ``shuffle``, ``sampler``, ...) is the loader's."""
+
+    def __init__(self, loader, after_batch):
+        self._loader = loader
+        self._after_batch = after_batch
+
+    def __len__(self):
+        return len(self._loader)
+
+    def __getattr__(self, name):
+        if name == "_loader":  # not set yet (e.g. while unpickling)
+            raise AttributeError(name)
+        return getattr(self._loader, name)
+
+    def __iter__(self):
+        for done, batch in enumerate(self._loader, start=1):
+            yield batch
+            if self._after_batch(done):
+                return
+
+
+class _FitRun:
+    """What one ``fit`` call keeps between its validations: its arguments, whether early stopping
+    ended it, the global step, and the training since the previous validation (batches, the sum of
+    each loss term, when it began)."""
+
+    def __init__(self, valid_data, verbose, saved, show_progress, callback_fn, step):
+        self.valid_data, self.verbose, self.saved = valid_data, verbose, saved
+        self.show_progress, self.callback_fn = show_progress, callback_fn
+        self.step = step  # optimiser steps (training batches) since the first epoch
+        self.stopped = False
+        self.validations = []  # each validation's epoch label, in order
+        self.inner_valid_seconds = 0.0  # validating inside the current epoch's _train_epoch
+        self.new_interval()
+
+    def new_interval(self):
+        self.began = time()
+        self.batches = 0
+        self.loss_sums = None
+
+    def record(self, losses):
+        terms = losses if isinstance(losses, tuple) else (losses,)
+        values = [float(term.item() if hasattr(term, "item") else term) for term in terms]
+        self.loss_sums = values if self.loss_sums is None else [a + b for a, b in zip(self.loss_sums, values)]
+        self.batches += 1
+        self.step += 1
+
+
+class ScheduledTrainer(Trainer):
+    """RecBole's ``Trainer`` with three schedule settings (``properties/overall.yaml``); their
+    defaults (empty, 1, empty) give RecBole's training, numbers included:
+
+    * ``adam_betas``: the betas of Adam and AdamW (``learner`` adam or adamw).
+    * ``valid_per_epoch`` k: the batches of every epoch are split into k near-equal parts (part i
+      ends after ``i * n // k`` of the n batches; fewer parts when n < k) and a validation follows
+      each part, with RecBole's early stopping (``stopping_step`` counts validations), checkpoint of
+      a new best, logging and ``callback_fn(epoch_idx, valid_score)``. ``eval_step`` keeps its
+      meaning for k = 1; with k > 1 every epoch is validated (``eval_step`` <= 0 still turns
+      validation off). ``_train_epoch`` is still called once per epoch: the validations between parts run
+      from inside it (``_BatchHook``), the one at the end of an epoch after it, as in RecBole.
+    * ``lr_decay_per_valid`` gamma: every validation multiplies each parameter group's learning
+      rate by gamma (``ExponentialLR`` stepped per validation, ``self.lr_scheduler``; one per
+      optimiser, so a trainer that builds an optimiser per stage has a schedule per stage). Its
+      state travels inside the optimiser's state dict (key ``lr_scheduler``), so checkpoints hold
+      it and ``resume_checkpoint`` puts it back with the optimiser. A checkpoint written after a
+      validation already holds the decay of that validation: a resumed run goes on with the
+      learning rate the uninterrupted run had next.
+
+    Resuming: a checkpoint is written at a new best validation (RecBole's rule) with the index of
+    the epoch it was written in, and a resumed run starts at the next epoch; a checkpoint written
+    between parts of an epoch therefore resumes without the rest of that epoch.
+
+    ``valid_history`` gets one dict per validation (JSON-serialisable): ``epoch`` (float: epochs of
+    training done, 1.0 = the end of RecBole's epoch 0), ``epoch_idx`` (RecBole's epoch index),
+    ``step`` (optimiser steps so far), ``lr`` (the learning rate of the training before this
+    validation), ``valid_score``, ``valid_result``, ``best`` (a new best, so checkpointed),
+    ``train_loss`` (mean loss per batch since the previous validation), ``train_loss_terms`` (the
+    mean of each term a model's ``calculate_loss`` returns, one for a single loss), ``train_batches``,
+    ``train_seconds`` (training since the previous validation, validations excluded) and
+    ``valid_seconds``. ``epoch_train_seconds`` has each epoch's training seconds, validations
+    between its parts excluded.
+    """
+
+    def __init__(self, config, model):
+        self.adam_betas, self.valid_per_epoch, self.lr_decay_per_valid = schedule_settings(config)
+        self.lr_scheduler = None
+        self.valid_history = []
+        self.epoch_train_seconds = []
+        self._run = None  # the fit in progress
+        super().__init__(config, model)
+
+    # ---- optimiser and learning-rate schedule -------------------------------------------------
+
+    def _build_optimizer(self, **kwargs):
+        """RecBole's optimiser with ``adam_betas``; sets ``self.lr_scheduler`` to its schedule
+        (None for a constant learning rate)."""
+        learner = kwargs.get("learner", self.learner)
+        optimizer = super()._build_optimizer(**kwargs)
+        if self.adam_betas is not None:
+            if learner.lower() in ("adam", "adamw"):
+                # what Adam(..., betas=) stores: the defaults and every group read at each step
+                optimizer.defaults["betas"] = self.adam_betas
+                for group in optimizer.param_groups:
+                    group["betas"] = self.adam_betas
+            else:
+                self.logger.warning(f"adam_betas applies to learner adam or adamw only; ignored for {learner}")
+        scheduler = None
+        if self.lr_decay_per_valid is not None:
+            scheduler = ExponentialLR(optimizer, gamma=self.lr_decay_per_valid)
+        self._keep_schedule_with(optimizer, scheduler)
+        self.lr_scheduler = scheduler
+        return optimizer
+
+    def _keep_schedule_with(self, optimizer, scheduler):
+        """Make ``scheduler``'s state part of ``optimizer``'s state dict, so that every checkpoint
+        (whoever writes it) holds it and loading the optimiser state puts it back."""
+
+        def save(_, state):
+            if scheduler is not None:
+                state["lr_scheduler"] = scheduler.state_dict()
+
+        def load(_, state):
+            saved = state.pop("lr_scheduler", None)
+            if scheduler is not None and saved is not None:
+                scheduler.load_state_dict(saved)
+                scheduler.gamma = self.lr_decay_per_valid  # this run's setting wins
+            elif saved is not None:
+                self.logger.warning(
+                    f"the optimiser state loaded was decayed per validation (lr_decay_per_valid) and this "
+                    f"run has no lr_decay_per_valid: it goes on at the loaded learning rate "
+                    f"{[group['lr'] for group in state['param_groups']]}")
+            return state
+
+        optimizer.register_state_dict_post_hook(save)
+        optimizer.register_load_state_dict_pre_hook(load)
+
+    # ---- training ------------------------------------------------------------------------------
+
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        """RecBole's ``Trainer.fit``, the same steps in the same order, with validations between the
+        parts of an epoch (``valid_per_epoch``), the learning rate decayed after each validation
+        (``lr_decay_per_valid``) and ``valid_history``."""
+        if saved and self.start_epoch >= self.epochs:
+            self._save_checkpoint(-1, verbose=verbose)
+        self.eval_collector.data_collect(train_data)
+        if self.config["train_neg_sample_args"].get("dynamic", False):
+            train_data.get_model(self.model)
+
+        run = self._run = _FitRun(valid_data, verbose, saved, show_progress, callback_fn,
+                                  step=self.start_epoch * len(train_data))
+        try:
+            for epoch_idx in range(self.start_epoch, self.epochs):
+                run.inner_valid_seconds = 0.0
+                start = time()
+                train_loss = self._train_epoch(train_data, epoch_idx, show_progress=show_progress)
+                end = time()
+                self.train_loss_dict[epoch_idx] = sum(train_loss) if isinstance(train_loss, tuple) else train_loss
+                self.epoch_train_seconds.append(end - start - run.inner_valid_seconds)
+                if verbose:
+                    self.logger.info(self._generate_train_loss_output(
+                        epoch_idx, start + run.inner_valid_seconds, end, train_loss))
+                self._add_train_loss_to_tensorboard(epoch_idx, train_loss)
+                self.wandblogger.log_metrics(
+                    {"epoch": epoch_idx, "train_loss": train_loss, "train_step": epoch_idx}, head="train")
+                if run.stopped:  # early stopping between two parts of this epoch
+                    break
+
+                if self.eval_step <= 0 or not valid_data:
+                    if saved:
+                        self._save_checkpoint(epoch_idx, verbose=verbose)
+                    continue
+                if self.valid_per_epoch > 1 or (epoch_idx + 1) % self.eval_step == 0:
+                    self._validate(epoch_idx, len(train_data), len(train_data))
+                    if run.stopped:
+                        break
+        finally:
+            self._run = None
+        self._add_hparam_to_tensorboard(self.best_valid_score)
+        return self.best_valid_score, self.best_valid_result
+
+    def _part_ends(self, n_batches):
+        """Batch counts after which an epoch of ``n_batches`` is validated before its end."""
+        k = self.valid_per_epoch
+        return {n_batches * i // k for i in range(1, k)} - {0}
+
+    def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
+        """RecBole's epoch, recording each batch's losses for ``valid_history`` and, with
+        ``valid_per_epoch`` > 1, validating between the parts of the epoch."""
+        run = self._run
+        if run is None:  # called outside fit: RecBole's epoch as it is
+            return super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
+        loss_func = loss_func or self.model.calculate_loss
+
+        def recorded_loss(interaction):
+            losses = loss_func(interaction)
+            run.record(losses)
+            return losses
+
+        n_batches = len(train_data)
+        part_ends = self._part_ends(n_batches) if self.eval_step > 0 and run.valid_data else set()
+        if part_ends:
+
+            def after_batch(done):
+                if done in part_ends:
+                    began = time()
+                    self._validate(epoch_idx, done, n_batches)
+                    self.model.train()  # evaluation left the model in eval mode
+                    run.inner_valid_seconds += time() - began
+                return run.stopped
+
+            train_data = _BatchHook(train_data, after_batch)
+        return super()._train_epoch(train_data, epoch_idx, loss_func=recorded_loss, show_progress=show_progress)
+
+    def _epoch_label(self, epoch_idx, epochs_done):
+        return f"{epoch_idx} ({epochs_done:.4g} epochs trained)"
+
+    def _validate(self, epoch_idx, batches_done, n_batches):
+        """One validation after ``batches_done`` of the ``n_batches`` of epoch ``epoch_idx``, with
+        RecBole's bookkeeping (early stopping, a new best checkpointed, logging, callback), then the
+        learning-rate decay."""
+        run = self._run
+        train_seconds = time() - run.began
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        epochs_done = epoch_idx + batches_done / n_batches
+        label = self._epoch_label(epoch_idx, epochs_done)
+        run.validations.append(label)
+
+        valid_start = time()
+        valid_score, valid_result = self._valid_epoch(run.valid_data, show_progress=run.show_progress)
+        valid_seconds = time() - valid_start
+        if self.lr_scheduler is not None:  # before a checkpoint is written: it holds the next lr
+            self.lr_scheduler.step()
+        self.best_valid_score, self.cur_step, stop_flag, update_flag = early_stopping(
+            valid_score, self.best_valid_score, self.cur_step, max_step=self.stopping_step,
+            bigger=self.valid_metric_bigger)
+        valid_end = time()
+        if run.verbose:
+            lr_note = f", {set_color('lr', 'blue')}: {lr:g}" if self.lr_scheduler is not None else ""
+            self.logger.info(
+                set_color(f"epoch {label} evaluating", "green") + " [" + set_color("time", "blue")
+                + f": {valid_end - valid_start:.2f}s, " + set_color("valid_score", "blue")
+                + f": {valid_score:f}{lr_note}]")
+            self.logger.info(set_color("valid result", "blue") + ": \n" + dict2str(valid_result))
+        # RecBole's x axis is the epoch; several validations per epoch need the step
+        self.tensorboard.add_scalar("Vaild_score", valid_score, epoch_idx if self.valid_per_epoch == 1 else run.step)
+        self.wandblogger.log_metrics({**valid_result, "valid_step": len(run.validations) - 1}, head="valid")
+
+        if update_flag:
+            if run.saved:
+                self._save_checkpoint(epoch_idx, verbose=run.verbose)
+            self.best_valid_result = valid_result
+        if run.callback_fn:
+            run.callback_fn(epoch_idx, valid_score)
+
+        sums = run.loss_sums or []
+        self.valid_history.append({
+            "epoch": float(epochs_done),
+            "epoch_idx": int(epoch_idx),
+            "step": int(run.step),
+            "lr": lr,
+            "valid_score": float(valid_score),
+            "valid_result": {key: float(value) for key, value in valid_result.items()},
+            "best": bool(update_flag),
+            "train_loss": sum(sums) / run.batches if run.batches else None,
+            "train_loss_terms": [total / run.batches for total in sums] if run.batches else [],
+            "train_batches": int(run.batches),
+            "train_seconds": float(train_seconds),
+            "valid_seconds": float(valid_seconds),
+        })
+
+        if stop_flag:
+            if self.cur_step < len(run.validations):
+                best = run.validations[-1 - self.cur_step]
+            elif self.valid_per_epoch == 1:  # the best came before the resumed run: RecBole's count
+                best = str(epoch_idx - self.cur_step * self.eval_step)
+            else:
+                best = "before this resumed run"
+            if run.verbose:
+                self.logger.info(f"Finished training, best eval result in epoch {best}")
+            run.stopped = True
+        run.new_interval()
+
+
+class LLMTrainer(TrustedCheckpointMixin, ScheduledTrainer):
     def _build_optimizer(self, **kwargs):
         kwargs.setdefault("params", [p for p in self.model.parameters() if p.requires_grad])
         return super()._build_optimizer(**kwargs)
@@ -53,7 +367,9 @@ class StagedTrainer(LLMTrainer):
     (which loss, which score); ``stage_settings(name)`` gives the stage's ``epochs``,
     ``learning_rate`` and an optional ``checkpoint`` to load instead of training. Each stage has its
     own early stopping and checkpoint, ``<saved_model_file stem>-<stage>.pth``, holding every
-    parameter trained up to that stage; the last one is what ``evaluate`` loads.
+    parameter trained up to that stage; the last one is what ``evaluate`` loads. Each stage builds
+    its own optimiser, so its own learning-rate schedule (``lr_decay_per_valid``) starting at the
+    stage's learning rate; ``valid_history`` entries name their ``stage``.
     """
 
     def __init__(self, config, model):
@@ -104,8 +420,11 @@ class StagedTrainer(LLMTrainer):
             self.best_valid_result = None
             self.train_loss_dict = {}
             self.saved_model_file = f"{stem}-{stage}.pth"
+            validations_before = len(self.valid_history)
             result = super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
             self.stage_train_loss[stage] = dict(self.train_loss_dict)
+            self.valid_history[validations_before:] = [
+                {"stage": stage, **entry} for entry in self.valid_history[validations_before:]]
             if saved and valid_data:
                 self.load_model_checkpoint(self.saved_model_file)  # the next stage starts from this one's best
         return result
@@ -153,7 +472,9 @@ class CoLLMTrainer(StagedTrainer):
 
 class LLaRATrainer(LLMTrainer):
     """LLaRA's curriculum: before each training batch the model learns ``global_step / total_steps``
-    (total = ``epochs`` x batches per epoch), the probability that the batch uses hybrid prompts."""
+    (total = ``epochs`` x batches per epoch), the probability that the batch uses hybrid prompts.
+    ``_train_epoch`` runs once per epoch whatever ``valid_per_epoch`` is (validations between its
+    parts run from inside it), so the step count runs through the whole epoch."""
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         total_steps = self.epochs * len(train_data)

@@ -1,0 +1,235 @@
+"""The training schedule settings of ``recbole_llmsrec.trainer.ScheduledTrainer`` (``adam_betas``,
+``valid_per_epoch``, ``lr_decay_per_valid``) on LLMSRec (and A-LLMRec's stages) with the tiny data
+and a tiny Llama; with the defaults, training is RecBole's ``Trainer.fit``."""
+
+import json
+import logging
+
+import pytest
+import torch
+from recbole.trainer import Trainer
+from recbole.utils import init_seed
+
+from recbole_llmsrec.compat import load_recbole_checkpoint
+from recbole_llmsrec.config import Config
+from recbole_llmsrec.quick_start import _build
+from recbole_llmsrec.trainer import LLaRATrainer, schedule_settings
+
+
+def build(config_dict, model="LLMSRec", **overrides):
+    config = Config(model=model, config_dict={**config_dict, **overrides})
+    init_seed(config["seed"], config["reproducibility"])
+    return config, _build(config)
+
+
+def trained(model):
+    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def part_ends(n, k):
+    """Batches done at each validation of an epoch of n batches in k parts (the last at its end)."""
+    return sorted({n * i // k for i in range(1, k + 1)} - {0})
+
+
+def record_losses(model):
+    """Wrap ``calculate_loss``: each batch's loss terms as floats, and whether the model was training."""
+    batches = []
+    calculate_loss = model.calculate_loss
+
+    def recorded(interaction):
+        losses = calculate_loss(interaction)
+        batches.append(([term.item() for term in losses], model.training))
+        return losses
+
+    model.calculate_loss = recorded
+    return batches
+
+
+def test_adam_betas_reach_the_optimiser(tiny_config_dict):
+    _, (*_, trainer) = build(tiny_config_dict)
+    assert trainer.optimizer.param_groups[0]["betas"] == (0.9, 0.999)  # empty: torch's
+    assert trainer.lr_scheduler is None
+    for learner, optimizer_class in (("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)):
+        _, (*_, trainer) = build(tiny_config_dict, learner=learner, adam_betas=[0.9, 0.98])
+        assert type(trainer.optimizer) is optimizer_class
+        assert [group["betas"] for group in trainer.optimizer.param_groups] == [(0.9, 0.98)]
+        assert trainer.optimizer.defaults["betas"] == (0.9, 0.98)
+    # the betas are used: one step from the same start differs from a step with torch's
+    updates = []
+    for betas in ([0.9, 0.999], [0.5, 0.6]):
+        _, (_, train_data, _, _, model, trainer) = build(tiny_config_dict, adam_betas=betas)
+        batch = next(iter(train_data))
+        for _ in range(2):
+            trainer.optimizer.zero_grad()
+            sum(model.calculate_loss(batch)).backward()
+            trainer.optimizer.step()
+        updates.append(trained(model))
+    assert any(not torch.equal(updates[0][name], updates[1][name]) for name in updates[0])
+
+    for bad in ([0.9], [0.9, 1.0], "0.9, 0.98"):
+        with pytest.raises(ValueError, match="adam_betas"):
+            schedule_settings({"adam_betas": bad, "valid_per_epoch": 1, "lr_decay_per_valid": None})
+    for key, bad in (("valid_per_epoch", 0), ("valid_per_epoch", 2.5), ("lr_decay_per_valid", 0), ("lr_decay_per_valid", "x")):
+        with pytest.raises(ValueError, match=key):
+            schedule_settings({"adam_betas": None, "valid_per_epoch": 1, "lr_decay_per_valid": None, key: bad})
+
+
+def test_validations_between_parts_of_an_epoch(tiny_config_dict, caplog):
+    _, (_, train_data, valid_data, _, model, trainer) = build(tiny_config_dict, epochs=2, valid_per_epoch=3)
+    n = len(train_data)
+    assert n >= 3
+    batches = record_losses(model)
+    epochs_called = []
+    train_epoch = trainer._train_epoch  # wrapped as the leaderboard times it
+    trainer._train_epoch = lambda data, epoch_idx, **kwargs: epochs_called.append(epoch_idx) or train_epoch(data, epoch_idx, **kwargs)
+    snapshots = []
+    with caplog.at_level(logging.INFO):
+        best_score, best_result = trainer.fit(train_data, valid_data, saved=True,
+                                              callback_fn=lambda epoch_idx, score: snapshots.append(trained(model)))
+
+    history = trainer.valid_history
+    ends = part_ends(n, 3)
+    assert len(ends) == 3 and len(history) == 2 * 3 == len(snapshots)
+    assert [h["epoch"] for h in history] == pytest.approx([e + done / n for e in range(2) for done in ends])
+    assert [h["epoch_idx"] for h in history] == [0, 0, 0, 1, 1, 1]
+    steps = [e * n + done for e in range(2) for done in ends]
+    assert [h["step"] for h in history] == steps
+    assert [h["train_batches"] for h in history] == [b - a for a, b in zip([0] + steps, steps)]
+    assert epochs_called == [0, 1]  # once per epoch; the validations between parts run inside
+    assert len(batches) == 2 * n and all(training for _, training in batches)  # train mode again after each validation
+    # each loss term's mean since the previous validation, and the epochs' sums as RecBole keeps them
+    start = 0
+    for h in history:
+        terms = [losses for losses, _ in batches[start : start + h["train_batches"]]]
+        start += h["train_batches"]
+        assert len(h["train_loss_terms"]) == 3
+        assert h["train_loss_terms"] == pytest.approx([sum(t[i] for t in terms) / len(terms) for i in range(3)])
+        assert h["train_loss"] == pytest.approx(sum(h["train_loss_terms"]))
+        assert h["train_seconds"] > 0 and h["valid_seconds"] > 0 and h["lr"] == 0.001
+    for epoch in range(2):
+        assert trainer.train_loss_dict[epoch] == pytest.approx(sum(sum(t) for t, _ in batches[epoch * n : (epoch + 1) * n]))
+    assert len(trainer.epoch_train_seconds) == 2
+    json.dumps(history, allow_nan=False)
+
+    # the best validation (the last of equal scores, as RecBole's early stopping) is the checkpoint
+    scores = [h["valid_score"] for h in history]
+    best = max(range(len(scores)), key=lambda i: (scores[i], i))
+    assert [h["best"] for h in history] == [scores[i] >= max(scores[: i + 1]) for i in range(len(scores))]
+    assert best_score == scores[best] and dict(best_result) == history[best]["valid_result"]
+    checkpoint = load_recbole_checkpoint(trainer.saved_model_file)
+    assert checkpoint["best_valid_score"] == scores[best] and checkpoint["epoch"] == history[best]["epoch_idx"]
+    assert checkpoint["state_dict"].keys() == snapshots[best].keys()
+    for name, value in checkpoint["state_dict"].items():
+        assert torch.equal(value, snapshots[best][name]), name
+    # every validation is logged with its epoch as a fraction
+    for h in history:
+        assert f"epoch {h['epoch_idx']} ({h['epoch']:.4g} epochs trained) evaluating" in caplog.text
+
+
+def test_lr_decays_per_validation_and_resumes_with_its_schedule(tiny_config_dict):
+    config, (_, train_data, valid_data, _, model, trainer) = build(
+        tiny_config_dict, epochs=2, valid_per_epoch=3, lr_decay_per_valid=0.5)
+    lr0 = config["learning_rate"]
+    trainer.fit(train_data, valid_data, saved=True)
+    history = trainer.valid_history
+    assert len(history) == 6
+    assert [h["lr"] for h in history] == [lr0 * 0.5**i for i in range(6)]  # the lr each interval trained with
+    assert trainer.optimizer.param_groups[0]["lr"] == lr0 * 0.5**6
+    assert trainer.lr_scheduler.last_epoch == 6
+
+    # the checkpoint of the best validation holds the schedule after that validation's decay
+    best = max(i for i, h in enumerate(history) if h["best"])
+    checkpoint = load_recbole_checkpoint(trainer.saved_model_file)
+    assert checkpoint["optimizer"]["lr_scheduler"]["last_epoch"] == best + 1
+    assert checkpoint["optimizer"]["param_groups"][0]["lr"] == lr0 * 0.5 ** (best + 1)
+
+    _, (_, train_data, valid_data, _, _, resumed) = build(
+        tiny_config_dict, epochs=3, valid_per_epoch=3, lr_decay_per_valid=0.5, resume_checkpoint=trainer.saved_model_file)
+    assert resumed.start_epoch == history[best]["epoch_idx"] + 1  # a resumed run starts at the next epoch
+    assert resumed.lr_scheduler.last_epoch == best + 1
+    assert resumed.optimizer.param_groups[0]["lr"] == lr0 * 0.5 ** (best + 1)
+    resumed.fit(train_data, valid_data, saved=True)
+    again = resumed.valid_history
+    assert len(again) == 3 * (3 - resumed.start_epoch) and again[0]["epoch_idx"] == resumed.start_epoch
+    assert [h["lr"] for h in again] == [lr0 * 0.5 ** (best + 1 + i) for i in range(len(again))]
+    assert resumed.lr_scheduler.last_epoch == best + 1 + len(again)
+
+
+@pytest.mark.parametrize("settings", [{"epochs": 3, "eval_step": 1, "stopping_step": 10},
+                                      {"epochs": 4, "eval_step": 2, "stopping_step": 0}])
+def test_defaults_train_as_recboles_fit(tiny_config_dict, settings):
+    build(tiny_config_dict, epochs=0)  # trains and caches the teacher, so both runs below load it
+    runs = {}
+    for fit in ("plugin", "recbole"):
+        _, (_, train_data, valid_data, _, model, trainer) = build(tiny_config_dict, **settings)
+        scores = []
+        valid_epoch = trainer._valid_epoch
+        trainer._valid_epoch = lambda data, **kwargs: (lambda result: scores.append(result[0]) or result)(valid_epoch(data, **kwargs))
+        fit_method = trainer.fit if fit == "plugin" else lambda *args, **kwargs: Trainer.fit(trainer, *args, **kwargs)
+        result = fit_method(train_data, valid_data, saved=True)
+        runs[fit] = {"result": result, "scores": scores, "losses": dict(trainer.train_loss_dict), "params": trained(model),
+                     "checkpoint": load_recbole_checkpoint(trainer.saved_model_file)["state_dict"],
+                     "lr": trainer.optimizer.param_groups[0]["lr"]}
+        if fit == "plugin":
+            assert [h["valid_score"] for h in trainer.valid_history] == scores
+            assert [h["epoch"] for h in trainer.valid_history] == [float(e + 1) for e in range(settings["epochs"])
+                                                                   if (e + 1) % settings["eval_step"] == 0][: len(scores)]
+    plugin, recbole = runs["plugin"], runs["recbole"]
+    assert len(plugin["scores"]) == len(recbole["scores"]) > 0
+    assert plugin["scores"] == recbole["scores"] and plugin["result"] == recbole["result"]
+    assert plugin["losses"] == recbole["losses"] and plugin["lr"] == recbole["lr"]
+    for name in plugin["params"]:
+        assert torch.equal(plugin["params"][name], recbole["params"][name]), name
+        assert torch.equal(plugin["checkpoint"][name], recbole["checkpoint"][name]), name
+
+
+def test_early_stopping_counts_validations(tiny_config_dict):
+    _, (_, train_data, valid_data, _, model, trainer) = build(tiny_config_dict, epochs=5, valid_per_epoch=3, stopping_step=1)
+    n = len(train_data)
+    batches = record_losses(model)
+    scores = iter([0.5, 0.6, 0.4, 0.3, 0.9, 0.9, 0.9, 0.9])  # patience 1: the fourth validation stops
+
+    def scripted_valid(data, show_progress=False):
+        score = next(scores)
+        return score, {"ndcg@10": score}
+
+    trainer._valid_epoch = scripted_valid
+    best_score, _ = trainer.fit(train_data, valid_data, saved=True)
+    ends = part_ends(n, 3)
+    assert len(trainer.valid_history) == 4 and best_score == 0.6
+    assert trainer.valid_history[-1]["epoch"] == pytest.approx(1 + ends[0] / n)  # inside the second epoch
+    assert len(batches) == n + ends[0]  # the rest of that epoch is not trained
+    assert sorted(trainer.train_loss_dict) == [0, 1]
+    checkpoint = load_recbole_checkpoint(trainer.saved_model_file)
+    assert checkpoint["best_valid_score"] == 0.6 and checkpoint["epoch"] == 0
+
+
+def test_llara_curriculum_counts_steps_through_the_parts(tiny_config_dict):
+    config, (_, train_data, valid_data, _, model, _) = build(tiny_config_dict, epochs=2, valid_per_epoch=2)
+    trainer = LLaRATrainer(config, model)  # its curriculum only sets model.curriculum_progress
+    progress = []
+    calculate_loss = model.calculate_loss
+    model.calculate_loss = lambda interaction: progress.append(model.curriculum_progress) or calculate_loss(interaction)
+    trainer.fit(train_data, valid_data, saved=False)
+    total = 2 * len(train_data)
+    assert len(trainer.valid_history) == 4
+    assert progress == [step / total for step in range(total)]
+
+
+def test_each_stage_has_its_own_schedule(tiny_config_dict, tiny_encoder_path):
+    config, (_, train_data, valid_data, _, model, trainer) = build(
+        # llm_head_cache off: this test is about the trainer, and A-LLMRec's stage 2 currently fails with it
+        {**tiny_config_dict, "text_encoder_path": tiny_encoder_path, "allmrec_latent_dim": 8, "prompt_show_dates": False,
+         "llm_head_cache": False},
+        model="ALLMRec", allmrec_stage1_epochs=2, allmrec_stage1_learning_rate=0.01, epochs=1, learning_rate=0.002,
+        valid_per_epoch=2, lr_decay_per_valid=0.5, adam_betas=[0.8, 0.9])
+    optimizers = []
+    build_optimizer = trainer._build_optimizer
+    trainer._build_optimizer = lambda **kwargs: optimizers.append(build_optimizer(**kwargs)) or optimizers[-1]
+    trainer.fit(train_data, valid_data, saved=True)
+    assert len(optimizers) == 2 and all(group["betas"] == (0.8, 0.9) for opt in optimizers for group in opt.param_groups)
+    stages = [h["stage"] for h in trainer.valid_history]
+    assert stages == ["stage1"] * 4 + ["stage2"] * 2
+    assert [h["lr"] for h in trainer.valid_history] == [0.01 * 0.5**i for i in range(4)] + [0.002 * 0.5**i for i in range(2)]
+    assert optimizers[1].param_groups[0]["lr"] == 0.002 * 0.5**2 and trainer.lr_scheduler.optimizer is optimizers[1]
+    assert load_recbole_checkpoint(trainer.saved_model_file)["optimizer"]["lr_scheduler"]["base_lrs"] == [0.002]
