@@ -290,7 +290,7 @@ def test_length_groups_and_prefix_cache_change_no_result(tiny_config_dict):
     assert length_groups([5, 30, 6, 31], 0) == [[0], [2], [1], [3]]
     assert length_groups([5, 30, 6, 31], None) == [[0, 2, 1, 3]]
 
-    dataset, train_data, *_, model, _ = build(tiny_config_dict)
+    dataset, train_data, *_, model, _ = build({**tiny_config_dict, "llm_head_cache": False})  # the whole-prompt path (the head cache has its own test)
     batch = next(iter(train_data))
     llm = model.llm
     widths = []

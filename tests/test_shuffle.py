@@ -240,10 +240,10 @@ def test_llm_representations_and_checkpoint_round_trip(tiny_config_dict):
         direct = trainer.model.user_repr(rows["item_id_list"], rows["item_length"], rows["timestamp_list"])
     assert torch.allclose(vectors["h_U"], direct, atol=1e-4)
     # both come from the evaluation cache: asking again runs no LLM call
-    encode, calls = trainer.model.llm.encode, []
-    trainer.model.llm.encode = lambda *args, **kwargs: calls.append(1) or encode(*args, **kwargs)
+    encode, calls = trainer.model.llm.encode_prompts, []
+    trainer.model.llm.encode_prompts = lambda *args, **kwargs: calls.append(1) or encode(*args, **kwargs)
     again = user_representations(trainer.model, rows)
-    trainer.model.llm.encode = encode
+    trainer.model.llm.encode_prompts = encode
     assert not calls and torch.equal(again["h_U"], vectors["h_U"])
 
     in_process = shuffle_diagnostic(trainer, test_data, scopes=("prompt_window",))["prompt_window"]

@@ -297,7 +297,7 @@ class LLMBackbone(nn.Module):
     """
 
     def __init__(self, model, tokenizer, gradient_checkpointing=False, group_cost=None, prefix_cache=False,
-                 compute_dtype=None, head_cache=False, head_cache_mb=None, batch_size=64):
+                 compute_dtype=None, head_cache=False, head_cache_mb=None):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
@@ -306,7 +306,6 @@ class LLMBackbone(nn.Module):
         self._prefix_states = {}
         self.compute_dtype = compute_dtype
         self.head_cache = PromptHeadCache(head_cache_mb) if head_cache else None
-        self.batch_size = batch_size
         missing = [tok for tok in SPECIAL_TOKENS if tok not in tokenizer.get_vocab()]
         if missing:
             tokenizer.add_tokens(missing, special_tokens=True)
@@ -339,7 +338,6 @@ class LLMBackbone(nn.Module):
             group_cost=config["llm_group_cost"], prefix_cache=config["llm_prefix_cache"],
             compute_dtype=resolve_compute_dtype(config["llm_compute_dtype"], config["device"], model.dtype),
             head_cache=config["llm_head_cache"], head_cache_mb=config["llm_head_cache_mb"],
-            batch_size=config["llm_batch_size"] or 64,
         )
         if lora:
             backbone.model = add_lora(backbone.model, config)
@@ -444,8 +442,7 @@ class LLMBackbone(nn.Module):
         tail_ids, tail_mask = self.pad([prompt[cut:] for prompt, cut in zip(prompts, cuts)], device)
         decoder, table = self.model.get_decoder(), self.model.get_input_embeddings()
         with self.autocast():
-            entries = self.head_cache.heads(decoder, table, [tuple(p[:c]) for p, c in zip(prompts, cuts)],
-                                            self.batch_size)
+            entries = self.head_cache.heads(decoder, table, [tuple(p[:c]) for p, c in zip(prompts, cuts)])
             lengths = tail_mask.sum(1)
             groups = length_groups(lengths.tolist(), self.group_cost)
             hidden = None

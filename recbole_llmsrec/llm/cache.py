@@ -80,24 +80,22 @@ class PromptHeadCache:
     def clear(self):
         self.entries, self.bytes = {}, 0
 
-    def heads(self, decoder, embed, heads, batch_size=64):
-        """The entry of each head (a tuple of token ids), computing the missing ones in batches."""
-        missing = list(dict.fromkeys(head for head in heads if head not in self.entries))
+    def heads(self, decoder, embed, heads):
+        """The entry of each head (a tuple of token ids; None for an empty one), computing the
+        missing ones.
+
+        Each head runs alone: its states then do not depend on which other heads happened to be
+        missing in the same call (a batched product's rounding depends on the batch), so a run
+        resumed with an empty cache computes exactly what the uninterrupted run had kept.
+        """
+        missing = list(dict.fromkeys(head for head in heads if head and head not in self.entries))
         fresh = {}
-        for start in range(0, len(missing), batch_size):
-            chunk = missing[start : start + batch_size]
-            width = max(len(head) for head in chunk)
-            ids = torch.zeros(len(chunk), width, dtype=torch.long, device=embed.weight.device)
-            mask = torch.zeros_like(ids)
-            for row, head in enumerate(chunk):
-                ids[row, : len(head)] = torch.tensor(head, dtype=torch.long)
-                mask[row, : len(head)] = 1
-            with torch.no_grad():  # right padding: a head's own positions never see the padding
-                out = decoder(inputs_embeds=embed(ids), attention_mask=mask, use_cache=True)
+        for head in missing:
+            ids = torch.tensor([head], dtype=torch.long, device=embed.weight.device)
+            with torch.no_grad():
+                out = decoder(inputs_embeds=embed(ids), use_cache=True)
             layers = [tuple(layer)[:2] for layer in output_cache(out)]
-            stacked = torch.stack([torch.stack([keys, values]) for keys, values in layers])  # [L, 2, B, h, W, d]
-            for row, head in enumerate(chunk):
-                fresh[head] = stacked[:, :, row, :, : len(head)].clone()
+            fresh[head] = torch.stack([torch.stack([keys[0], values[0]]) for keys, values in layers])  # [L, 2, h, p, d]
         for head, entry in fresh.items():
             size = entry.numel() * entry.element_size()
             if self.max_bytes is not None and self.bytes + size > self.max_bytes:
@@ -110,7 +108,7 @@ class PromptHeadCache:
                 continue
             self.entries[head] = entry
             self.bytes += size
-        return [self.entries.get(head, fresh.get(head)) for head in heads]
+        return [self.entries.get(head, fresh.get(head)) if head else None for head in heads]
 
 
 def run_tails(decoder, embeds, tail_mask, head_entries, config):
