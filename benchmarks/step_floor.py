@@ -302,6 +302,41 @@ def time_training(model, trainer, config, train_data, steps, repeats, variants, 
     return result
 
 
+def bf16_probe(llm, rows=4, length=224):
+    """Is bfloat16 fast on this machine? One float32 and one bfloat16-autocast forward and backward of
+    the frozen LLM over a ``[rows, length]`` batch (gradients into the inputs), and one 1024x1024
+    matrix product in each dtype, side by side."""
+    import torch
+
+    from recbole_llmsrec.llm.backbone import fast_bfloat16
+
+    device = llm.model.get_input_embeddings().weight.device
+    ids = torch.randint(100, 1000, (rows, length), device=device)
+    result = {"fast_bfloat16": fast_bfloat16(device), "batch": [rows, length]}
+    grads = {}
+    for name, dtype in (("float32", None), ("bfloat16", torch.bfloat16)):
+        embeds = llm.model.get_input_embeddings()(ids).detach().requires_grad_(True)
+        context = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+        sync(device)
+        start = time.perf_counter()
+        with context:
+            hidden = llm.model.get_decoder()(inputs_embeds=embeds).last_hidden_state
+        hidden.float().pow(2).mean().backward()
+        sync(device)
+        result[f"{name}_forward_backward_seconds"] = time.perf_counter() - start
+        grads[name] = embeds.grad.flatten()
+        a, b = torch.randn(1024, 1024, device=device), torch.randn(1024, 1024, device=device)
+        a, b = (a.to(dtype), b.to(dtype)) if dtype else (a, b)
+        start = time.perf_counter()
+        for _ in range(3):
+            a @ b
+        sync(device)
+        result[f"{name}_matmul_1024_seconds"] = (time.perf_counter() - start) / 3
+    result["bfloat16_over_float32_step"] = result["bfloat16_forward_backward_seconds"] / result["float32_forward_backward_seconds"]
+    result["input_gradient_cosine"] = float(torch.nn.functional.cosine_similarity(grads["float32"], grads["bfloat16"], dim=0))
+    return result
+
+
 def time_loader(train_data):
     start = time.perf_counter()
     count = sum(1 for _ in train_data)
@@ -365,6 +400,7 @@ def main():
     flags.add_argument("--eval_repeats", type=int, default=1)
     flags.add_argument("--variants", default="anomaly,plain,default",
                        help=f"comma-separated, of {', '.join(VARIANTS)} (see VARIANTS)")
+    flags.add_argument("--bf16_probe", action="store_true", help="time bfloat16 against float32 on a small batch first")
     flags.add_argument("--report", default="step_floor", help="report name: benchmarks/results/<report>_<dataset>.json")
     flags.add_argument("--teacher_checkpoint", default="", help="a SASRec checkpoint; empty: a one-epoch teacher")
     flags.add_argument("--llmsrec_config", default="{}", help="JSON dict of LLMSRec config overrides")
@@ -379,7 +415,7 @@ def main():
         f"--llm_path={args.llm_path}", f"--steps={args.steps}", f"--repeats={args.repeats}",
         f"--eval_users={args.eval_users}", f"--eval_repeats={args.eval_repeats}", f"--variants={args.variants}",
         f"--teacher_checkpoint={args.teacher_checkpoint}", f"--llmsrec_config='{args.llmsrec_config}'",
-        f"--report={args.report}"])
+        f"--report={args.report}"] + (["--bf16_probe"] if args.bf16_probe else []))
     del report["models"]
     report.update(
         device=str(device), llmsrec_overrides=json.loads(args.llmsrec_config),
@@ -387,6 +423,9 @@ def main():
         train_batch_size=config["train_batch_size"], llm_dtype=config["llm_dtype"],
     )
     report["loader"] = time_loader(train_data)
+    if args.bf16_probe:
+        report["bf16_probe"] = bf16_probe(model.llm)
+        print(json.dumps(report["bf16_probe"], indent=1), flush=True)
     variants = args.variants.split(",")
     for name in variants:
         variant_settings(config, name)

@@ -129,3 +129,19 @@ def test_teacher_stays_in_eval_mode(tiny_config_dict):
     model.train()
     assert not model.teacher.training and not model.llm.model.training
     assert not any(p.requires_grad for p in model.teacher.parameters())
+
+
+def test_bypass_llm_scores_through_the_heads_without_the_llm(tiny_config_dict, monkeypatch):
+    """The sanity bound: f_user/f_item over the teacher's lifted states train and rank, and the LLM never runs."""
+    config, (_, train_data, valid_data, test_data, model, trainer) = build(
+        tiny_config_dict, llmsrec_bypass_llm=True, epochs=8)
+
+    def no_llm(*args, **kwargs):
+        raise AssertionError("the LLM ran although llmsrec_bypass_llm is set")
+
+    monkeypatch.setattr(model.llm, "encode_prompts", no_llm)
+    trainer.fit(train_data, valid_data, saved=True, show_progress=False)
+    losses = [trainer.train_loss_dict[e] for e in sorted(trainer.train_loss_dict)]
+    assert losses[-1] < losses[0]
+    init_seed(config["seed"], True)
+    assert_valid_metrics(trainer.evaluate(test_data, load_best_model=True))

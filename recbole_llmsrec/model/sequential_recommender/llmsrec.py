@@ -33,6 +33,7 @@ class LLMSRec(LLMRetrievalMixin, SequentialRecommender):
         self.lambda_distill = config["lambda_distill"]
         self.lambda_uniform = config["lambda_uniform"]
         self.teacher_train_mode = config["teacher_train_mode"]
+        self.bypass_llm = config["llmsrec_bypass_llm"]
 
         item_text = read_item_text(config, dataset)  # first: bad text settings fail before any training
         self.teacher = load_teacher(config, dataset)
@@ -56,6 +57,18 @@ class LLMSRec(LLMRetrievalMixin, SequentialRecommender):
 
     def item_soft_tokens(self, items):
         return self.item_proj(self.teacher.item_embedding(items))
+
+    def user_repr(self, item_seq, item_seq_len, time_seq=None):
+        if self.bypass_llm:  # the sanity bound: the teacher's user state, lifted by f_I, no LLM
+            with torch.no_grad():
+                state = self.teacher(item_seq, item_seq_len)
+            return self.item_proj(state)
+        return super().user_repr(item_seq, item_seq_len, time_seq)
+
+    def item_repr(self, items):
+        if self.bypass_llm:  # the item's own soft token, f_I(E_i), in place of the LLM's [ItemOut] state
+            return self.item_soft_tokens(items)
+        return super().item_repr(items)
 
     def calculate_loss(self, interaction):
         retrieval, user_vec = self.retrieval_loss(interaction)

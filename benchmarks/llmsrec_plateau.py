@@ -1,0 +1,170 @@
+"""LLMSRec trained to its plateau on one dataset: the learning curve against its SASRec teacher.
+
+One run trains LLMSRec with the given settings (validation on a stated cadence, early stopping),
+then tests the best checkpoint on the leaderboard's candidates (``uni100`` after the seed reset,
+every negative outside the user's history) and with full ranking, and tests the frozen teacher
+the same way. Each run is one record under ``runs`` of the report, keyed by ``--name``; a later
+call with another name adds its record (ablations), the same name replaces it.
+
+    python benchmarks/llmsrec_plateau.py --dataset=ml-100k --name=lr1e-3 \\
+        --llmsrec_config='{"learning_rate": 0.001, "adam_betas": [0.9, 0.98], "prompt_show_dates": false}'
+
+Per validation the record holds the validation NDCG@10 and HR@10, the learning rate, the mean of
+each loss term since the previous validation and the seconds of training and validation
+(``trainer.valid_history``). ``--resume=saved/LLMSRec-....pth`` continues an interrupted run from
+its checkpoint (RecBole's ``resume_checkpoint``; the curve so far is kept in ``--workdir``).
+
+Writes ``benchmarks/results/llmsrec_plateau_<dataset>.json``.
+"""
+
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import REPO, machine, parser, report_path, start, write_report  # noqa: E402
+
+
+def per_user_metrics(trainer, test_data, config):
+    """uni100 (the leaderboard's seed-reset candidates) and full-ranking test means of ``trainer``'s model."""
+    from recbole_llmsrec.evaluation.popularity import warm_cold
+    from recbole_llmsrec.evaluation.ranking import evaluate_per_user, fixed_batches, full_sort_loader
+
+    batches = fixed_batches(test_data, config["seed"], config["reproducibility"])
+    per_user = {"uni100": evaluate_per_user(trainer, test_data, batches)}
+    per_user["full"] = evaluate_per_user(trainer, full_sort_loader(config, test_data))
+    return per_user
+
+
+def teacher_metrics(config, teacher_path):
+    """The frozen teacher (a RecBole SASRec checkpoint) tested on the same split and candidates."""
+    from recbole.utils import init_seed
+
+    from recbole_llmsrec.compat import load_recbole_checkpoint
+    from recbole_llmsrec.config import Config
+    from recbole_llmsrec.evaluation.popularity import warm_cold
+    from recbole_llmsrec.quick_start import _build
+
+    saved = load_recbole_checkpoint(teacher_path, map_location="cpu")["config"]
+    keys = ("hidden_size", "inner_size", "n_layers", "n_heads", "hidden_dropout_prob", "attn_dropout_prob",
+            "loss_type", "train_neg_sample_args", "MAX_ITEM_LIST_LENGTH")
+    sasrec = Config(model="SASRec", config_dict={
+        **{key: saved[key] for key in keys}, "dataset": config["dataset"], "data_path": config["data_path"],
+        "checkpoint_dir": config["checkpoint_dir"], "state": "WARNING", "show_progress": False})
+    init_seed(sasrec["seed"], sasrec["reproducibility"])
+    dataset, _, valid_data, test_data, _, trainer = _build(sasrec)
+    trainer.load_model_checkpoint(teacher_path) if hasattr(trainer, "load_model_checkpoint") else None
+    checkpoint = load_recbole_checkpoint(teacher_path, map_location=sasrec["device"])
+    trainer.model.load_state_dict(checkpoint["state_dict"])
+    trainer.model.eval()
+    per_user = per_user_metrics(trainer, test_data, sasrec)
+    return {
+        "checkpoint": os.path.relpath(teacher_path, REPO),
+        "test": {mode: result.mean() for mode, result in per_user.items()},
+        "warm_cold": {mode: warm_cold(sasrec, dataset, valid_data._dataset, test_data._dataset, result)
+                      for mode, result in per_user.items()},
+    }
+
+
+def main():
+    flags = parser(__doc__)
+    flags.add_argument("--name", required=True, help="this run's record name in the report")
+    flags.add_argument("--llm_path", default="smollm2-135m")
+    flags.add_argument("--llmsrec_config", default="{}", help="JSON dict of LLMSRec config overrides")
+    flags.add_argument("--resume", default="", help="an interrupted run's checkpoint to continue from")
+    args = flags.parse_args()
+    common = start(args)
+
+    import torch
+    from recbole.utils import init_logger, init_seed
+
+    from recbole_llmsrec.config import Config
+    from recbole_llmsrec.evaluation.popularity import warm_cold
+    from recbole_llmsrec.quick_start import _build
+
+    overrides = json.loads(args.llmsrec_config)
+    settings = {**common, "llm_path": args.llm_path, **overrides}
+    if args.resume:
+        settings["resume_checkpoint"] = os.path.join(REPO, args.resume) if not os.path.isabs(args.resume) else args.resume
+    config = Config(model="LLMSRec", config_dict=settings)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    began = time.perf_counter()
+    dataset, train_data, valid_data, test_data, model, trainer = _build(config)
+    setup_seconds = time.perf_counter() - began
+
+    # the curve so far survives an interrupted sitting: it is rewritten after every validation
+    curve_file = os.path.join(args.workdir, f"plateau_{args.dataset}_{args.name}.curve.json")
+    earlier = []
+    if args.resume and os.path.isfile(curve_file):
+        with open(curve_file) as f:
+            earlier = json.load(f)["valid_history"]
+    valid_epoch = trainer._valid_epoch
+
+    def recorded_valid_epoch(*a, **kw):
+        result = valid_epoch(*a, **kw)
+        with open(curve_file, "w") as f:  # the entry of this validation is added right after; keep what is known
+            json.dump({"valid_history": earlier + list(trainer.valid_history),
+                       "checkpoint": os.path.relpath(trainer.saved_model_file, REPO)}, f, indent=1, default=float)
+        return result
+
+    trainer._valid_epoch = recorded_valid_epoch
+    began = time.perf_counter()
+    trainer.fit(train_data, valid_data, saved=True, show_progress=config["show_progress"])
+    fit_seconds = time.perf_counter() - began
+    history = earlier + list(trainer.valid_history)
+    with open(curve_file, "w") as f:
+        json.dump({"valid_history": history, "checkpoint": os.path.relpath(trainer.saved_model_file, REPO)},
+                  f, indent=1, default=float)
+
+    trainer.load_model_checkpoint(trainer.saved_model_file)
+    began = time.perf_counter()
+    per_user = per_user_metrics(trainer, test_data, config)
+    test_seconds = time.perf_counter() - began
+    best = max(history, key=lambda entry: entry["valid_score"]) if history else None
+    stopped = "early stopping" if len(history) and trainer.cur_step >= config["stopping_step"] else "maximum epochs"
+    record = {
+        "settings": {key: config[key] for key in (
+            "learning_rate", "adam_betas", "lr_decay_per_valid", "valid_per_epoch", "epochs", "stopping_step",
+            "valid_metric", "train_batch_size", "train_neg_num", "prompt_show_dates", "prompt_history_len",
+            "lambda_distill", "lambda_uniform", "teacher_train_mode", "train_last_item_only", "llm_path",
+            "llm_dtype", "llm_compute_dtype", "llm_head_cache", "eval_neg_exclude", "seed")},
+        "overrides": overrides,
+        "command": "python benchmarks/llmsrec_plateau.py " + " ".join(
+            [f"--dataset={args.dataset}", f"--name={args.name}", f"--llm_path={args.llm_path}",
+             f"--llmsrec_config='{args.llmsrec_config}'"] + ([f"--resume={args.resume}"] if args.resume else [])),
+        "valid_history": history,
+        "validations": len(history),
+        "best_validation": best,
+        "stopped_by": stopped,
+        "test": {mode: result.mean() for mode, result in per_user.items()},
+        "warm_cold": {mode: warm_cold(config, dataset, valid_data._dataset, test_data._dataset, result)
+                      for mode, result in per_user.items()},
+        "setup_seconds": setup_seconds,
+        "fit_seconds_this_sitting": fit_seconds,
+        "test_seconds": test_seconds,
+        "checkpoint": os.path.relpath(trainer.saved_model_file, REPO),
+        "machine": machine(),
+        "torch_threads": torch.get_num_threads(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    record["teacher"] = teacher_metrics(config, model.teacher.checkpoint_path)
+    teacher_ndcg = record["teacher"]["test"]["uni100"]["ndcg@10"]
+    record["ratio_to_teacher_uni100_ndcg@10"] = record["test"]["uni100"]["ndcg@10"] / teacher_ndcg
+    print(json.dumps({k: record[k] for k in ("test", "best_validation", "ratio_to_teacher_uni100_ndcg@10")},
+                     indent=1, default=float), flush=True)
+
+    out = report_path(args, "llmsrec_plateau")
+    report = {"runs": {}}
+    if os.path.isfile(out):
+        with open(out) as f:
+            report = json.load(f)
+    report["dataset"] = args.dataset
+    report["runs"][args.name] = record
+    write_report(json.loads(json.dumps(report, default=float)), out)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
