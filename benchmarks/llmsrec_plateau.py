@@ -37,7 +37,7 @@ def per_user_metrics(trainer, test_data, config):
     return per_user
 
 
-def teacher_metrics(config, teacher_path):
+def teacher_metrics(config, teacher_path, common):
     """The frozen teacher (a RecBole SASRec checkpoint) tested on the same split and candidates."""
     from recbole.utils import init_seed
 
@@ -48,13 +48,12 @@ def teacher_metrics(config, teacher_path):
 
     saved = load_recbole_checkpoint(teacher_path, map_location="cpu")["config"]
     keys = ("hidden_size", "inner_size", "n_layers", "n_heads", "hidden_dropout_prob", "attn_dropout_prob",
-            "loss_type", "train_neg_sample_args", "MAX_ITEM_LIST_LENGTH")
+            "loss_type", "MAX_ITEM_LIST_LENGTH")
     sasrec = Config(model="SASRec", config_dict={
-        **{key: saved[key] for key in keys}, "dataset": config["dataset"], "data_path": config["data_path"],
-        "checkpoint_dir": config["checkpoint_dir"], "state": "WARNING", "show_progress": False})
+        **{key: saved[key] for key in keys}, "train_neg_sample_args": None if saved["loss_type"] == "CE" else
+        {"distribution": "uniform", "sample_num": 1}, **common, "state": "WARNING", "show_progress": False})
     init_seed(sasrec["seed"], sasrec["reproducibility"])
     dataset, _, valid_data, test_data, _, trainer = _build(sasrec)
-    trainer.load_model_checkpoint(teacher_path) if hasattr(trainer, "load_model_checkpoint") else None
     checkpoint = load_recbole_checkpoint(teacher_path, map_location=sasrec["device"])
     trainer.model.load_state_dict(checkpoint["state_dict"])
     trainer.model.eval()
@@ -73,6 +72,8 @@ def main():
     flags.add_argument("--llm_path", default="smollm2-135m")
     flags.add_argument("--llmsrec_config", default="{}", help="JSON dict of LLMSRec config overrides")
     flags.add_argument("--resume", default="", help="an interrupted run's checkpoint to continue from")
+    flags.add_argument("--evaluate_only", default="", help="a finished run's checkpoint: test it (and the teacher) "
+                       "without training; the curve comes from the run's curve file in --workdir")
     args = flags.parse_args()
     common = start(args)
 
@@ -100,30 +101,37 @@ def main():
     if args.resume and os.path.isfile(curve_file):
         with open(curve_file) as f:
             earlier = json.load(f)["valid_history"]
-    valid_epoch = trainer._valid_epoch
+    validate = trainer._validate
 
-    def recorded_valid_epoch(*a, **kw):
-        result = valid_epoch(*a, **kw)
-        with open(curve_file, "w") as f:  # the entry of this validation is added right after; keep what is known
+    def recorded_validate(*a, **kw):  # after each validation, its entry included
+        result = validate(*a, **kw)
+        with open(curve_file, "w") as f:
             json.dump({"valid_history": earlier + list(trainer.valid_history),
                        "checkpoint": os.path.relpath(trainer.saved_model_file, REPO)}, f, indent=1, default=float)
         return result
 
-    trainer._valid_epoch = recorded_valid_epoch
+    trainer._validate = recorded_validate
     began = time.perf_counter()
-    trainer.fit(train_data, valid_data, saved=True, show_progress=config["show_progress"])
+    if args.evaluate_only:
+        with open(curve_file) as f:
+            history = json.load(f)["valid_history"]
+        trainer.saved_model_file = args.evaluate_only if os.path.isabs(args.evaluate_only) else os.path.join(REPO, args.evaluate_only)
+    else:
+        trainer.fit(train_data, valid_data, saved=True, show_progress=config["show_progress"])
+        history = earlier + list(trainer.valid_history)
+        with open(curve_file, "w") as f:
+            json.dump({"valid_history": history, "checkpoint": os.path.relpath(trainer.saved_model_file, REPO)},
+                      f, indent=1, default=float)
     fit_seconds = time.perf_counter() - began
-    history = earlier + list(trainer.valid_history)
-    with open(curve_file, "w") as f:
-        json.dump({"valid_history": history, "checkpoint": os.path.relpath(trainer.saved_model_file, REPO)},
-                  f, indent=1, default=float)
 
     trainer.load_model_checkpoint(trainer.saved_model_file)
     began = time.perf_counter()
     per_user = per_user_metrics(trainer, test_data, config)
     test_seconds = time.perf_counter() - began
     best = max(history, key=lambda entry: entry["valid_score"]) if history else None
-    stopped = "early stopping" if len(history) and trainer.cur_step >= config["stopping_step"] else "maximum epochs"
+    last_best = max(i for i, entry in enumerate(history) if entry["best"]) if history else -1
+    stopped = ("early stopping" if len(history) - 1 - last_best > config["stopping_step"]
+               else "maximum epochs" if history and history[-1]["epoch"] >= config["epochs"] else "interrupted")
     record = {
         "settings": {key: config[key] for key in (
             "learning_rate", "adam_betas", "lr_decay_per_valid", "valid_per_epoch", "epochs", "stopping_step",
@@ -133,7 +141,8 @@ def main():
         "overrides": overrides,
         "command": "python benchmarks/llmsrec_plateau.py " + " ".join(
             [f"--dataset={args.dataset}", f"--name={args.name}", f"--llm_path={args.llm_path}",
-             f"--llmsrec_config='{args.llmsrec_config}'"] + ([f"--resume={args.resume}"] if args.resume else [])),
+             f"--llmsrec_config='{args.llmsrec_config}'"] + ([f"--resume={args.resume}"] if args.resume else [])
+            + ([f"--evaluate_only={args.evaluate_only}"] if args.evaluate_only else [])),
         "valid_history": history,
         "validations": len(history),
         "best_validation": best,
@@ -149,7 +158,7 @@ def main():
         "torch_threads": torch.get_num_threads(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
-    record["teacher"] = teacher_metrics(config, model.teacher.checkpoint_path)
+    record["teacher"] = teacher_metrics(config, model.teacher.checkpoint_path, common)
     teacher_ndcg = record["teacher"]["test"]["uni100"]["ndcg@10"]
     record["ratio_to_teacher_uni100_ndcg@10"] = record["test"]["uni100"]["ndcg@10"] / teacher_ndcg
     print(json.dumps({k: record[k] for k in ("test", "best_validation", "ratio_to_teacher_uni100_ndcg@10")},

@@ -225,9 +225,10 @@ def use_variant(model, config, name):
         setattr(model.llm, key, value)
 
 
-def fill_head_cache(model, config, valid_data, variants, device):
-    """One untimed evaluation pass per cached variant: every item's and user's head is then kept,
-    as from a long run's second epoch on. Returns the cache's size per compute dtype."""
+def fill_head_cache(model, config, valid_data, variants, device, eval_users=0):
+    """One untimed evaluation pass per cached variant (every item, the first ``eval_users`` users;
+    0: all): their heads are then kept, as from a long run's second epoch on. Returns the cache's
+    size per compute dtype."""
     import torch
 
     model.eval()
@@ -236,10 +237,15 @@ def fill_head_cache(model, config, valid_data, variants, device):
             continue
         use_variant(model, config, name)
         model.clear_cache()
+        seen = set()
         with torch.no_grad():
             model.all_item_vectors()
             for batch in valid_data:
-                model.user_vectors(batch[0].to(device))
+                interaction = batch[0].to(device)
+                model.user_vectors(interaction)
+                seen.update(interaction[model.USER_ID].tolist())
+                if eval_users and len(seen) >= eval_users:
+                    break
     model.clear_cache()
     return {str(dtype): {"heads": len(cache), "mb": cache.bytes / 2**20} for dtype, cache in _HEAD_CACHES.items()}
 
@@ -281,6 +287,13 @@ def time_training(model, trainer, config, train_data, steps, repeats, variants, 
             break
     runs = {name: {"full": [], "floor": [], "llm_forward": [], "real": [], "padded": []} for name in variants}
     model.train()
+    for name in variants:  # the head cache holds these batches' heads, as in a long run's later epochs
+        if variant_settings(config, name)["head_cache"]:
+            use_variant(model, config, name)
+            for index, batch in enumerate(batches):
+                torch.manual_seed(index)
+                with torch.no_grad():
+                    model.calculate_loss(batch.to(device))
     for repeat in range(repeats):
         for index, batch in enumerate(batches):
             for name in variants:
@@ -430,7 +443,7 @@ def main():
     for name in variants:
         variant_settings(config, name)
     report["variants"] = {name: variant_settings(config, name) for name in variants}
-    report["head_cache_filled"] = fill_head_cache(model, config, valid_data, variants, device)
+    report["head_cache_filled"] = fill_head_cache(model, config, valid_data, variants, device, args.eval_users)
     report["training"] = training = time_training(
         model, trainer, config, train_data, args.steps, args.repeats, variants, device)
     for name in variants:

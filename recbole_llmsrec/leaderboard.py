@@ -242,8 +242,11 @@ def train_and_evaluate(model_name, config_dict, shuffle_scopes=()):
         "eval_seconds": eval_seconds,
         "epochs_run": len(epoch_seconds),
         # per training epoch and per validation pass, in order (a staged trainer's stages one after another)
-        "train_seconds_per_epoch_all": epoch_seconds,
+        # (a trainer that validates inside its epochs, valid_per_epoch > 1, times them without those validations)
+        "train_seconds_per_epoch_all": getattr(trainer, "epoch_train_seconds", None) or epoch_seconds,
         "valid_seconds_all": valid_seconds,
+        # every validation in order (LLM trainers: fractional epoch, lr, loss terms, seconds)
+        "valid_history": getattr(trainer, "valid_history", []),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "trainable_params": sum(p.numel() for name, p in model.named_parameters() if name in trained),
         "total_params": sum(p.numel() for p in model.parameters()),
