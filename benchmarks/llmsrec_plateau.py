@@ -28,7 +28,6 @@ from harness import REPO, machine, parser, report_path, start, write_report  # n
 
 def per_user_metrics(trainer, test_data, config):
     """uni100 (the leaderboard's seed-reset candidates) and full-ranking test means of ``trainer``'s model."""
-    from recbole_llmsrec.evaluation.popularity import warm_cold
     from recbole_llmsrec.evaluation.ranking import evaluate_per_user, fixed_batches, full_sort_loader
 
     batches = fixed_batches(test_data, config["seed"], config["reproducibility"])

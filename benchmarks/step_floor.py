@@ -225,6 +225,19 @@ def use_variant(model, config, name):
         setattr(model.llm, key, value)
 
 
+def user_vectors_of(model, valid_data, eval_users, device):
+    """The user vectors of the first ``eval_users`` users of ``valid_data`` (0: all), in whole
+    batches; returns how many users that was."""
+    seen = set()
+    for batch in valid_data:
+        interaction = batch[0].to(device)
+        model.user_vectors(interaction)
+        seen.update(interaction[model.USER_ID].tolist())
+        if eval_users and len(seen) >= eval_users:
+            break
+    return len(seen)
+
+
 def fill_head_cache(model, config, valid_data, variants, device, eval_users=0):
     """One untimed evaluation pass per cached variant (every item, the first ``eval_users`` users;
     0: all): their heads are then kept, as from a long run's second epoch on. Returns the cache's
@@ -237,15 +250,9 @@ def fill_head_cache(model, config, valid_data, variants, device, eval_users=0):
             continue
         use_variant(model, config, name)
         model.clear_cache()
-        seen = set()
         with torch.no_grad():
             model.all_item_vectors()
-            for batch in valid_data:
-                interaction = batch[0].to(device)
-                model.user_vectors(interaction)
-                seen.update(interaction[model.USER_ID].tolist())
-                if eval_users and len(seen) >= eval_users:
-                    break
+            user_vectors_of(model, valid_data, eval_users, device)
     model.clear_cache()
     return {str(dtype): {"heads": len(cache), "mb": cache.bytes / 2**20} for dtype, cache in _HEAD_CACHES.items()}
 
@@ -378,14 +385,7 @@ def time_evaluation(model, config, valid_data, eval_users, repeats, variants, de
                     if part == "items":
                         model.all_item_vectors()
                     else:
-                        seen = set()
-                        for batch in valid_data:
-                            interaction = batch[0].to(device)
-                            model.user_vectors(interaction)
-                            seen.update(interaction[model.USER_ID].tolist())
-                            if eval_users and len(seen) >= eval_users:
-                                break
-                        users = len(seen)
+                        users = user_vectors_of(model, valid_data, eval_users, device)
                 sync(device)
                 run["full"].append(time.perf_counter() - start)
                 floor_of_recorded(calls, model, run, backward=False, device=device)

@@ -249,13 +249,26 @@ def read_out(hidden_states, input_ids, token_id):
     return hidden_states[mask]
 
 
+def pad_prompts(prompts, pad_id, device=None, left=False):
+    """Right-pad (or ``left``-pad) token id lists into ``(input_ids, attention_mask)`` tensors."""
+    width = max(len(prompt) for prompt in prompts)
+    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        span = slice(width - len(prompt), width) if left else slice(0, len(prompt))
+        input_ids[row, span] = torch.tensor(prompt, dtype=torch.long)
+        attention_mask[row, span] = 1
+    return input_ids.to(device), attention_mask.to(device)
+
+
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def fast_bfloat16(device):
     """Whether bfloat16 matrix products are fast here: a CUDA GPU that supports them, or a CPU whose
-    oneDNN has a bfloat16 path (AVX-512 / AMX). On an AVX2-only CPU PyTorch falls back to a scalar
-    loop (measured: a 2048x2048 product 380x slower than float32), so bfloat16 must not be chosen."""
+    oneDNN has a bfloat16 path (AVX-512 / AMX). On an AVX2-only CPU PyTorch falls back to a slow
+    loop (benchmarks/results/step_cost_ml-100k.json: a 1024x1024 product 146x, a SmolLM2 forward and
+    backward 23x slower than float32), so bfloat16 must not be chosen there."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
@@ -281,7 +294,7 @@ def resolve_compute_dtype(setting, device, weight_dtype):
     if dtype == torch.bfloat16 and not fast_bfloat16(device):
         logger.warning(
             f"llm_compute_dtype=bfloat16 on {device}, which has no fast bfloat16 products (an AVX2-only CPU "
-            f"computes them in a slow fallback, 30x slower than float32 per step as measured); set "
+            f"computes them in a slow fallback, 23x slower than float32 per forward and backward as measured); set "
             f"llm_compute_dtype: auto or float32"
         )
     return dtype
@@ -404,14 +417,7 @@ class LLMBackbone(nn.Module):
 
     def pad(self, prompts, device):
         """Right-pad token id lists into ``(input_ids, attention_mask)`` on ``device``."""
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        width = max(len(prompt) for prompt in prompts)
-        input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            input_ids[row, : len(prompt)] = torch.tensor(prompt, dtype=torch.long)
-            attention_mask[row, : len(prompt)] = 1
-        return input_ids.to(device), attention_mask.to(device)
+        return pad_prompts(prompts, self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0, device)
 
     @staticmethod
     def _rows_soft(soft_tokens, input_ids, rows):
@@ -437,26 +443,33 @@ class LLMBackbone(nn.Module):
             return self.encode(input_ids, attention_mask, soft_tokens), input_ids
         soft_ids = set(soft_tokens)
         cuts = [min(head_length(prompt, soft_ids), len(prompt) - 1) for prompt in prompts]
-        for prompt, cut in zip(prompts, cuts):
-            self.check_length(len(prompt))
+        self.check_length(max(len(prompt) for prompt in prompts))
         tail_ids, tail_mask = self.pad([prompt[cut:] for prompt, cut in zip(prompts, cuts)], device)
         decoder, table = self.model.get_decoder(), self.model.get_input_embeddings()
         with self.autocast():
             entries = self.head_cache.heads(decoder, table, [tuple(p[:c]) for p, c in zip(prompts, cuts)])
             lengths = tail_mask.sum(1)
-            groups = length_groups(lengths.tolist(), self.group_cost)
-            hidden = None
-            for rows in groups:
-                width = int(lengths[rows].max())
-                index = torch.tensor(rows, dtype=torch.long, device=tail_ids.device)
-                ids = tail_ids[index, :width]
-                soft = self._rows_soft(soft_tokens, tail_ids, rows)
-                out = run_tails(decoder, self.embed(ids, soft), tail_mask[index, :width],
-                                [entries[row] for row in rows], self.model.config)
-                if hidden is None:
-                    hidden = out.new_zeros(*tail_ids.shape, out.shape[-1])
-                hidden[index, :width] = out
+
+            def run(index, width, soft):
+                return run_tails(decoder, self.embed(tail_ids[index, :width], soft), tail_mask[index, :width],
+                                 [entries[row] for row in index.tolist()], self.model.config)
+
+            hidden = self._in_groups(tail_ids, lengths, soft_tokens, length_groups(lengths.tolist(), self.group_cost), run)
         return hidden, tail_ids
+
+    def _in_groups(self, input_ids, lengths, soft_tokens, groups, run):
+        """``run(rows, width, soft_tokens_of_rows)`` over each group of rows (cut to the group's
+        longest prompt), the outputs put back in row order: ``[batch, length, d]``, zeros past a
+        prompt's end."""
+        hidden = None
+        for rows in groups:
+            index = torch.tensor(rows, dtype=torch.long, device=input_ids.device)
+            width = int(lengths[rows].max())
+            out = run(index, width, self._rows_soft(soft_tokens, input_ids, rows))
+            if hidden is None:
+                hidden = out.new_zeros(*input_ids.shape, out.shape[-1])
+            hidden[index, :width] = out
+        return hidden
 
     def encode(self, input_ids, attention_mask, soft_tokens):
         """Last-layer hidden states ``[batch, length, d]`` of the prompts, soft tokens written in.
@@ -476,16 +489,8 @@ class LLMBackbone(nn.Module):
             groups = length_groups(lengths.tolist(), self.group_cost)
             if len(groups) == 1:
                 return self._decode(input_ids, attention_mask, soft_tokens, prefix)
-            hidden = None
-            for rows in groups:
-                width = int(lengths[rows].max())
-                rows_index = torch.tensor(rows, dtype=torch.long, device=input_ids.device)
-                out = self._decode(input_ids[rows_index, :width], attention_mask[rows_index, :width],
-                                   self._rows_soft(soft_tokens, input_ids, rows), prefix)
-                if hidden is None:
-                    hidden = out.new_zeros(*input_ids.shape, out.shape[-1])
-                hidden[rows_index, :width] = out
-            return hidden
+            return self._in_groups(input_ids, lengths, soft_tokens, groups, lambda index, width, soft: self._decode(
+                input_ids[index, :width], attention_mask[index, :width], soft, prefix))
 
     def _shared_prefix(self, input_ids, lengths, soft_tokens):
         """How many opening tokens every prompt shares and may be cached (0: none)."""

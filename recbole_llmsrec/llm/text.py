@@ -7,9 +7,8 @@ from datetime import datetime, timezone
 from functools import lru_cache
 
 import pandas as pd
-import torch
 
-from recbole_llmsrec.llm.backbone import HISTORY_EMB, ITEM_OUT, USER_OUT, USER_REP
+from recbole_llmsrec.llm.backbone import HISTORY_EMB, ITEM_OUT, USER_OUT, USER_REP, pad_prompts
 
 logger = logging.getLogger(__name__)
 
@@ -221,13 +220,6 @@ class PromptBuilder:
 
     def pad(self, sequences, device=None, left=False):
         """Right-pad (or ``left``-pad) token id lists into ``(input_ids, attention_mask)`` tensors."""
-        width = max(len(seq) for seq in sequences)
-        input_ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-        for row, seq in enumerate(sequences):
-            span = slice(width - len(seq), width) if left else slice(0, len(seq))
-            input_ids[row, span] = torch.tensor(seq, dtype=torch.long)
-            attention_mask[row, span] = 1
-        return input_ids.to(device), attention_mask.to(device)
+        return pad_prompts(sequences, self.pad_id, device, left)
 
     history_windows = staticmethod(history_windows)
