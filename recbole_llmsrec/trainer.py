@@ -228,6 +228,8 @@ class ScheduledTrainer(Trainer):
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         """RecBole's epoch, recording each batch's losses for ``valid_history`` and, with
         ``valid_per_epoch`` > 1, validating between the parts of the epoch."""
+        if hasattr(train_data, "set_epoch"):  # training rows drawn per epoch (train_rows_per_user)
+            train_data.set_epoch(epoch_idx)
         run = self._run
         if run is None:  # called outside fit: RecBole's epoch as it is
             return super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)

@@ -32,6 +32,8 @@ from recbole.data import data_preparation as recbole_data_preparation
 from recbole.data.dataloader import NegSampleEvalDataLoader
 from recbole.sampler.sampler import AbstractSampler
 
+from recbole_llmsrec.data.rows import sample_training_rows
+
 EVAL_NEG_EXCLUDE = ("history", "recbole")
 
 
@@ -129,10 +131,12 @@ def exclude_history(loader, histories):
 
 def data_preparation(config, dataset):
     """RecBole's ``data_preparation``, with the sampled validation and test negatives of
-    ``eval_neg_exclude`` (see the module docstring). Call it on a dataset not built yet."""
+    ``eval_neg_exclude`` (see the module docstring) and the training rows of ``train_rows_per_user``
+    (:mod:`recbole_llmsrec.data.rows`). Call it on a dataset not built yet."""
     mode = eval_neg_exclude(config)
     histories = UserHistories(dataset) if mode == "history" else None  # before build() augments it
     train_data, valid_data, test_data = recbole_data_preparation(config, dataset)
+    train_data = sample_training_rows(config, train_data)  # train_rows_per_user: K rows per user, drawn every epoch
     if histories is not None:
         exclude_history(valid_data, histories)
         exclude_history(test_data, histories)
