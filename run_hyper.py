@@ -11,8 +11,7 @@ import argparse
 import os
 import sys
 
-import yaml
-
+from recbole_llmsrec.cli import config_flags, user_errors
 from recbole_llmsrec.compat import recbole_hyper_tuning
 from recbole_llmsrec.config import properties_dir
 from recbole_llmsrec.quick_start import objective_function
@@ -54,8 +53,7 @@ def main():
     parser.add_argument("--output_file", default=None, help="default hyper_<Model>_<dataset>.result")
     args, unknown = parser.parse_known_args()
     # --key=value flags that are not ours fix config keys for every trial (values read as YAML)
-    fixed = {key: yaml.safe_load(value) for key, value in
-             (flag[2:].split("=", 1) for flag in unknown if flag.startswith("--") and "=" in flag)}
+    fixed = config_flags(flag for flag in unknown if flag.startswith("--") and "=" in flag)
     sys.argv = sys.argv[:1]  # every trial's Config would read them again, per trial
     tuner = tune(
         args.model, args.dataset, args.params_file,
@@ -68,4 +66,5 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    with user_errors():
+        main()

@@ -3,12 +3,27 @@
     python run_recbole_llmsrec.py --model=LLMSRec --dataset=ml-100k --epochs=3
     python run_recbole_llmsrec.py --model=LLMSRec --nproc=2          # DistributedDataParallel, 2 processes
 
-Flags follow RecBole's run_recbole.py; any other ``--key=value`` overrides that config key.
+Flags follow RecBole's run_recbole.py; any other ``--key=value`` overrides that config key. A
+mistake in the settings or data ends the run with its message (``RECBOLE_LLMSREC_DEBUG=1`` shows
+the traceback); Ctrl-C names the checkpoint to resume from.
 """
 
 import argparse
 
+from recbole_llmsrec.cli import user_errors
+from recbole_llmsrec.compat import saved_checkpoint
 from recbole_llmsrec.quick_start import run
+
+
+def resume_hint(model, nproc=1, world_size=-1):
+    """What an interrupted run has saved, and how to go on from it."""
+    if nproc != 1 or world_size > 0:  # process 0, not this one, writes the checkpoints
+        return ""
+    path = saved_checkpoint(model)
+    if path is None:
+        return "no checkpoint was saved yet (one is written whenever validation improves)"
+    return f"the best checkpoint so far is {path}; continue with --resume_checkpoint={path}"
+
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -23,5 +38,6 @@ if __name__ == "__main__":
     args, _ = parser.parse_known_args()
 
     config_file_list = args.config_files.strip().split(" ") if args.config_files else None
-    run(model=args.model, dataset=args.dataset, config_file_list=config_file_list, nproc=args.nproc,
-        world_size=args.world_size, ip=args.ip, port=args.port, group_offset=args.group_offset)
+    with user_errors(interrupted=lambda: resume_hint(args.model, args.nproc, args.world_size)):
+        run(model=args.model, dataset=args.dataset, config_file_list=config_file_list, nproc=args.nproc,
+            world_size=args.world_size, ip=args.ip, port=args.port, group_offset=args.group_offset)

@@ -116,6 +116,16 @@ def set_rng_state(state, generator=None):
         generator.set_state(state["generator"].cpu())
 
 
+_saved_checkpoints = {}  # model name -> the checkpoint this process wrote last for it
+
+
+def saved_checkpoint(model):
+    """The checkpoint this process wrote last for ``model`` (None if none, or if it is gone): what an
+    interrupted run can go on from with ``resume_checkpoint``."""
+    path = _saved_checkpoints.get(str(model))
+    return path if path and os.path.isfile(path) else None
+
+
 class TrustedCheckpointMixin:
     """Mixed in before any RecBole trainer class: the checkpoint and distributed fixes above.
 
@@ -243,6 +253,7 @@ class TrustedCheckpointMixin:
                 "rng_state": random_state,
             }
             atomic_torch_save(state, saved_model_file)
+            _saved_checkpoints[str(self.config["model"])] = saved_model_file
             if verbose:
                 self.logger.info(f"Saving current: {saved_model_file}")
         if distributed:

@@ -6,6 +6,7 @@ RecBole's defaults -> ``properties/overall.yaml`` -> ``properties/model/<Model>.
 """
 
 import os
+import warnings
 
 from recbole.config import Config as RecBoleConfig
 
@@ -57,11 +58,26 @@ class Config(RecBoleConfig):
         internal = self.internal_config_dict.get("eval_args")
         if isinstance(external, dict) and isinstance(internal, dict):
             self.final_config_dict["eval_args"] = {**internal, **external}
+        # likewise teacher_config: --teacher_config="{'epochs': 5}" changes the epochs, not the teacher
+        external = self.external_config_dict.get("teacher_config")
+        internal = self.internal_config_dict.get("teacher_config")
+        if isinstance(external, dict) and isinstance(internal, dict):
+            self.final_config_dict["teacher_config"] = {**internal, **external}
         super()._set_default_parameters()
         # RecBole reads ml-100k from the copy inside its wheel whatever data_path says; a data_path
         # the user sets wins, so a filtered or edited copy of ml-100k is not replaced silently
         if self.dataset == "ml-100k" and "data_path" in self.external_config_dict:
             self.final_config_dict["data_path"] = os.path.join(self.external_config_dict["data_path"], self.dataset)
+
+    def _convert_config_dict(self, config_dict):
+        # RecBole turns each string of a config dict or command line into a value by evaluating it as
+        # Python, and keeps the string when that fails. Text such as item_text_template "{title}
+        # ({year})" is not Python: compiling it warns (SyntaxWarning: 'set' object is not callable)
+        # before it fails, and the string is kept all the same. The warning says nothing to a user.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SyntaxWarning)
+            warnings.filterwarnings("ignore", message="invalid escape sequence", category=DeprecationWarning)
+            return super()._convert_config_dict(config_dict)
 
     def _init_device(self):
         final = self.final_config_dict
@@ -117,3 +133,65 @@ class Config(RecBoleConfig):
                     self.parameters["Dataset"] += [
                         key for key in loaded if key not in self.parameters["Dataset"]
                     ]
+
+
+# ---- settings checked before anything expensive --------------------------------------------------
+
+
+def _whole_positive(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_settings(config):
+    """Check every setting that needs neither the data nor any training, before the dataset is
+    read: batch sizes, ``learning_rate`` and ``epochs``, and for the models that use them the LLM
+    (``llm_path``) and the item text file (``item_text_fields``). Raises an error naming the setting
+    and the fix."""
+    model_class = get_model(config["model"])
+    name = config["model"]
+    for key in ("train_batch_size", "eval_batch_size"):
+        value = config[key]
+        if not _whole_positive(value):
+            raise ValueError(f"{key} must be a whole number >= 1 (rows per batch), got {value!r}; set e.g. --{key}=256")
+    if "llm_batch_size" in config and config["llm_batch_size"] is not None and not _whole_positive(config["llm_batch_size"]):
+        raise ValueError(f"llm_batch_size must be a whole number >= 1 (prompts per LLM forward), got "
+                         f"{config['llm_batch_size']!r}; set e.g. --llm_batch_size=16")
+    training_free = getattr(model_class, "training_free", False)
+    if not training_free:
+        lr = config["learning_rate"]
+        if not (_number(lr) and lr > 0):
+            raise ValueError(f"learning_rate must be a number > 0, got {lr!r}; set e.g. --learning_rate=0.001")
+        epochs = config["epochs"]
+        if not _whole_positive(epochs):
+            raise ValueError(
+                f"epochs must be a whole number >= 1 for {name} (the most epochs to train; with none the test "
+                f"would score an untrained model), got {epochs!r}; set e.g. --epochs=1"
+            )
+    if getattr(model_class, "uses_llm", False):
+        from recbole_llmsrec.llm.backbone import check_llm_path
+
+        check_llm_path(config["llm_path"], config["llm_cache_dir"])
+    if getattr(model_class, "uses_item_text", False):
+        from recbole_llmsrec.llm.text import item_text_file
+
+        item_text_file(config)
+
+
+def check_dataset_settings(config, dataset):
+    """The checks that need the dataset but no training, once it is read and before the model is
+    built: the item texts (empty or missing ones counted in a warning, or an error when
+    ``item_text_placeholder`` is null) and the teacher (``teacher_checkpoint`` or the cached
+    teacher readable and of this dataset; for a teacher still to train, ``teacher_config``)."""
+    model_class = get_model(config["model"])
+    if getattr(model_class, "uses_item_text", False):
+        from recbole_llmsrec.llm.text import read_item_text
+
+        read_item_text(config, dataset)
+    if getattr(model_class, "uses_teacher", False):
+        from recbole_llmsrec.teacher import check_teacher_settings
+
+        check_teacher_settings(config, dataset)

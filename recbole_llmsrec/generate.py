@@ -16,6 +16,7 @@ import torch
 from recbole.data import data_preparation
 from recbole.utils import init_seed
 
+from recbole_llmsrec.cli import UserError, user_errors
 from recbole_llmsrec.compat import load_recbole_checkpoint
 from recbole_llmsrec.data import create_dataset
 from recbole_llmsrec.utils import get_model
@@ -66,7 +67,7 @@ def describe(model_file, question=DEFAULT_QUESTION, user=None, items=None, max_n
         raise ValueError("give either a user id or a list of item ids")
     model, dataset = load_trained_model(model_file)
     if not hasattr(model, "generate_text"):
-        raise TypeError(f"{type(model).__name__} cannot answer in words; models that can: ALLMRec")
+        raise UserError(f"{type(model).__name__} cannot answer in words; models that can: ALLMRec")
     history = user_history(dataset, user) if user is not None else item_ids(dataset, items)
     return model.generate_text(history, question, max_new_tokens=max_new_tokens)
 
@@ -86,4 +87,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    with user_errors():
+        main()

@@ -38,6 +38,7 @@ import multiprocessing
 import os
 import platform
 import resource
+import signal
 import subprocess
 import sys
 import textwrap
@@ -45,7 +46,7 @@ import time
 from datetime import datetime, timezone
 from logging import getLogger
 
-import yaml
+from recbole_llmsrec.cli import UserError, config_flags, user_errors
 
 COLUMNS = ["model", "eval_mode", "ndcg@10", "hit@10", "ndcg@20", "hit@20", "train_seconds", "trainable_params"]
 EVAL_MODES = ("uni100", "full")
@@ -107,25 +108,15 @@ def protocol_note(records):
     return "\n\n".join(lines)
 
 
-def config_flags(args):
-    """``--key=value`` flags as a config dict (values read as YAML)."""
-    flags = {}
-    for flag in args:
-        if not flag.startswith("--") or "=" not in flag:
-            raise ValueError(f"unrecognised argument {flag!r}: config keys are given as --key=value")
-        key, value = flag[2:].split("=", 1)
-        flags[key] = yaml.safe_load(value)
-    return flags
-
-
 def _dataset_fingerprint(config):
     """A hash of the dataset's atomic files (their names and contents)."""
     folder = os.path.join(config["data_path"])
     files = sorted(glob.glob(os.path.join(folder, f"{config['dataset']}.*")))
     if not files:
         raise FileNotFoundError(
-            f"dataset {config['dataset']!r} has no atomic files in {folder}; set data_path, or fetch it "
-            f"(ml-1m: python -m recbole_llmsrec.data.fetch_ml1m)"
+            f"dataset {config['dataset']!r} has no atomic files in {folder} (RecBole reads "
+            f"<data_path>/<name>/<name>.inter); set data_path to the folder that holds {config['dataset']}/, "
+            f"or fetch it (ml-1m: python -m recbole_llmsrec.data.fetch_ml1m)"
         )
     digest = hashlib.sha1()
     for path in files:
@@ -271,7 +262,9 @@ def train_and_evaluate(model_name, config_dict, shuffle_scopes=()):
 
 def _child(model_name, config_dict, shuffle_scopes, path):
     sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value flags from sys.argv
-    record = train_and_evaluate(model_name, config_dict, shuffle_scopes)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it ends this process
+    with user_errors():  # a user error: its message (and exit code 1), not a traceback
+        record = train_and_evaluate(model_name, config_dict, shuffle_scopes)
     record["settings_file"] = os.path.basename(path)
     tmp = f"{path}.partial"
     with open(tmp, "w") as f:
@@ -279,14 +272,33 @@ def _child(model_name, config_dict, shuffle_scopes, path):
     os.replace(tmp, path)
 
 
+def exit_description(exitcode):
+    """How a model's process ended, from its exit code (minus the signal number when a signal ended it)."""
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = "unknown signal"
+        text = f"terminated by signal {-exitcode} ({name})"
+        return f"{text}; killed: out of memory?" if -exitcode == signal.SIGKILL else text
+    if exitcode == 0:
+        return "it ended without writing its record"
+    return f"exit code {exitcode}; its error is above"
+
+
 def run_in_process(model_name, config_dict, shuffle_scopes, path):
     """:func:`train_and_evaluate` in a fresh process; the record is written to ``path``."""
     process = multiprocessing.get_context("spawn").Process(
         target=_child, args=(model_name, config_dict, tuple(shuffle_scopes), path))
     process.start()
-    process.join()
+    try:
+        process.join()
+    except BaseException:  # Ctrl-C: the model's process ignores it, so end it here
+        process.terminate()
+        process.join()
+        raise
     if process.exitcode != 0 or not os.path.isfile(path):
-        raise RuntimeError(f"{model_name} failed (exit code {process.exitcode}); its traceback is above")
+        raise RuntimeError(f"{model_name} failed ({exit_description(process.exitcode)})")
     with open(path) as f:
         return json.load(f)
 
@@ -321,6 +333,10 @@ def run_models(models, common, model_config=None, shuffle_scopes=(), results_dir
         start = time.perf_counter()
         try:
             record = run_in_process(model_name, config_dict, shuffle_scopes, path)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(
+                f"{model_name} was stopped; the records of the models finished before are in {folder}/, "
+                f"and the same command reads them and runs the others") from None
         except RuntimeError as err:
             failures[model_name] = str(err)
             log(f"{head}: FAILED: {err}")
@@ -459,7 +475,10 @@ def leaderboard_main(argv=None, compare_shuffled_training=False):
     common = {"dataset": args.dataset, "seed": args.seed, **flags}
     if compare_shuffled_training:
         common["shuffle_mode"] = "none"
-    model_config = json.loads(args.model_config)
+    try:
+        model_config = json.loads(args.model_config)
+    except json.JSONDecodeError as err:
+        raise UserError(f"--model_config is not JSON ({err}): give it as '{{\"Model\": {{\"key\": value}}}}'") from None
     show_progress = flags.get("show_progress", True)
     bar = tqdm(total=len(models) * (2 if compare_shuffled_training else 1), desc="Leaderboard", ncols=100,
                disable=not show_progress)
@@ -468,12 +487,19 @@ def leaderboard_main(argv=None, compare_shuffled_training=False):
         bar.update(1)
 
     rerun = args.rerun.split(",")
-    records, failures = run_models(models, common, model_config, scopes, args.results_dir, rerun, tqdm.write, step)
+
+    def run(settings):
+        try:
+            return run_models(models, settings, model_config, scopes, args.results_dir, rerun, tqdm.write, step)
+        except BaseException:
+            bar.close()  # before the error (or interruption) is printed
+            raise
+
+    records, failures = run(common)
     folder = os.path.join(args.results_dir, args.dataset)
     title = f"# {args.dataset}: seed {args.seed}, settings {json.dumps(flags) if flags else 'as in properties/'}"
     if compare_shuffled_training:
-        shuffled, more_failures = run_models(models, {**common, "shuffle_mode": "train"}, model_config, scopes,
-                                             args.results_dir, rerun, tqdm.write, step)
+        shuffled, more_failures = run({**common, "shuffle_mode": "train"})
         failures.update({f"{m} (shuffled training)": e for m, e in more_failures.items()})
         from recbole_llmsrec.config import Config
 
@@ -500,5 +526,41 @@ def leaderboard_main(argv=None, compare_shuffled_training=False):
     return records
 
 
+def shuffle_main(argv=None):
+    """The command line of :mod:`recbole_llmsrec.evaluation.shuffle`: the diagnostic of saved
+    checkpoints, or (``--shuffle_mode=train``) the leaderboard on original and shuffled sequences."""
+    from recbole_llmsrec.data.shuffle import SHUFFLE_SCOPES
+    from recbole_llmsrec.evaluation import shuffle
+
+    parser = argparse.ArgumentParser(description=shuffle.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)  # --shuffle_scope (a config key) is not --shuffle_scopes
+    parser.add_argument("--shuffle_mode", default="test", choices=["test", "train"],
+                        help="test: shuffle the test histories of trained checkpoints; train: train each model "
+                             "on original and on shuffled sequences (through the leaderboard) and compare")
+    parser.add_argument("--model_file", action="append", default=[], help="a checkpoint (repeat for several); test mode")
+    parser.add_argument("--shuffle_scopes", default=",".join(SHUFFLE_SCOPES), help="comma-separated scopes")
+    parser.add_argument("--eval_modes", default="uni100,full", help="comma-separated: uni100, full")
+    parser.add_argument("--results_dir", default="results", help="tables and plots go to <results_dir>/<dataset>/")
+    args, unknown = parser.parse_known_args(argv)
+    if args.shuffle_mode == "train":
+        forwarded = [f"--results_dir={args.results_dir}", f"--shuffle_scopes={args.shuffle_scopes}"]
+        return leaderboard_main(unknown + forwarded, compare_shuffled_training=True)
+    overrides = config_flags(unknown)
+    sys.argv = sys.argv[:1]  # RecBole's Config would read the flags again
+    scopes = [s for s in args.shuffle_scopes.split(",") if s and s != "none"]
+    if not args.model_file:
+        parser.error("give --model_file=<checkpoint> (or --shuffle_mode=train with --models)")
+    records = [shuffle.diagnose_checkpoint(path, scopes, tuple(args.eval_modes.split(",")), overrides) for path in args.model_file]
+    datasets = {record["dataset"] for record in records}
+    if len(datasets) > 1:
+        raise UserError(f"the checkpoints are of different datasets ({sorted(datasets)}); report one dataset at a time")
+    folder = os.path.join(args.results_dir, datasets.pop())
+    table = shuffle.write_shuffle_report(records, folder, title="Test histories shuffled (models trained on original order)")
+    print(table.to_string(index=False))
+    print(f"wrote {folder}/shuffle.csv, shuffle.md, shuffle.png")
+    return table
+
+
 if __name__ == "__main__":
-    leaderboard_main()
+    with user_errors():
+        leaderboard_main()

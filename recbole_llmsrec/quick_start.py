@@ -12,14 +12,16 @@ from logging import getLogger
 import torch.distributed as dist
 from recbole.utils import init_logger, init_seed, set_color
 
-from recbole_llmsrec.config import Config
+from recbole_llmsrec.config import Config, check_dataset_settings, check_settings
 from recbole_llmsrec.data import create_dataset, data_preparation
 from recbole_llmsrec.utils import get_model, get_trainer
 
 
 def _build(config):
+    check_settings(config)  # everything that can be checked is, before the data is read or anything trains
     init_seed(config["seed"], config["reproducibility"])
     dataset = create_dataset(config)
+    check_dataset_settings(config, dataset)  # item texts and the teacher's checkpoint, before the model is built
     # RecBole's, with sampled evaluation negatives outside each user's history (eval_neg_exclude)
     train_data, valid_data, test_data = data_preparation(config, dataset)
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])

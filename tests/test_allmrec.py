@@ -72,7 +72,8 @@ def test_both_stages_train_and_stage2_starts_from_stage1(allmrec_config):
 
 
 def test_stage1_aligns_item_and_text_latents(allmrec_config):
-    _, train_data, valid_data, _, model, trainer = build(allmrec_config, epochs=0)
+    _, train_data, valid_data, _, model, trainer = build(allmrec_config)
+    model.stage2_settings["epochs"] = 0  # stage 1 alone
     items = torch.arange(1, model.n_items)
 
     def matching():

@@ -100,7 +100,7 @@ def test_every_search_space_names_keys_its_model_reads():
 
 def test_run_hyper_finds_the_best_of_a_small_search(tiny_config_dict, tmp_path):
     params = tmp_path / "space.hyper"
-    params.write_text("learning_rate choice [0.0,0.01]\n")  # a zero learning rate cannot win
+    params.write_text("learning_rate choice [0.0000001,0.01]\n")  # a learning rate this small cannot win
     output = tmp_path / "search.result"
     native = tiny_native(tiny_config_dict)
     args = [sys.executable, os.path.join(REPO, "run_hyper.py"), "--model=SASRec", "--dataset=tiny",
@@ -112,7 +112,7 @@ def test_run_hyper_finds_the_best_of_a_small_search(tiny_config_dict, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "best params: {'learning_rate': 0.01}" in done.stdout
     text = output.read_text()
-    assert text.count("Valid result:") == 2 and "learning_rate:0.0" in text and "learning_rate:0.01" in text
+    assert text.count("Valid result:") == 2 and "learning_rate:1e-07" in text and "learning_rate:0.01" in text
 
 
 def test_a_data_path_given_for_ml_100k_is_read(tmp_path):

@@ -91,7 +91,7 @@ def test_bad_input_stops_the_run_naming_the_fix_and_damages_nothing(tiny_config_
         f.write(text)
 
     cases = {
-        "no .item file": ({"data_path": copy_tiny(tmp_path / "no_item")}, FileNotFoundError, "add a tiny.item"),
+        "no .item file": ({"data_path": copy_tiny(tmp_path / "no_item")}, FileNotFoundError, "add the atomic file tiny.item"),
         "no text column": ({"item_text_fields": ["plot"]}, KeyError, "set item_text_fields"),
         "llm_path missing": ({"llm_path": str(tmp_path / "no_llm")}, FileNotFoundError, "set llm_path"),
         "llm_path not a causal LM": ({"llm_path": str(tmp_path / "bert")}, ValueError, "set llm_path to a decoder-only"),
@@ -115,7 +115,7 @@ def test_bad_input_stops_the_run_naming_the_fix_and_damages_nothing(tiny_config_
 
 
 def test_missing_item_text_fails_before_the_teacher_is_trained(tiny_config_dict, tmp_path):
-    with pytest.raises(FileNotFoundError, match="add a tiny.item"):
+    with pytest.raises(FileNotFoundError, match="add the atomic file tiny.item"):
         build(tiny_config_dict, data_path=copy_tiny(tmp_path / "no_item"))
     assert not glob.glob(os.path.join(tiny_config_dict["checkpoint_dir"], "teacher", "*"))
 

@@ -158,7 +158,7 @@ def test_lr_decays_per_validation_and_resumes_with_its_schedule(tiny_config_dict
 @pytest.mark.parametrize("settings", [{"epochs": 3, "eval_step": 1, "stopping_step": 10},
                                       {"epochs": 4, "eval_step": 2, "stopping_step": 0}])
 def test_defaults_train_as_recboles_fit(tiny_config_dict, settings):
-    build(tiny_config_dict, epochs=0)  # trains and caches the teacher, so both runs below load it
+    build(tiny_config_dict)  # trains and caches the teacher, so both runs below load it
     runs = {}
     for fit in ("plugin", "recbole"):
         _, (_, train_data, valid_data, _, model, trainer) = build(tiny_config_dict, **settings)

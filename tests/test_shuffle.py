@@ -260,7 +260,7 @@ def _flags(config_dict):
 
 
 def test_cli_reports_checkpoints_and_shuffled_training(native, tmp_path):
-    from recbole_llmsrec.evaluation.shuffle import main
+    from recbole_llmsrec.leaderboard import shuffle_main as main  # the command line of evaluation.shuffle
 
     _, _, _, _, trainer = trained("SASRec", native)
     table = main([f"--model_file={trainer.saved_model_file}", f"--results_dir={tmp_path / 'r'}", "--eval_modes=uni100",

@@ -36,6 +36,8 @@ import re
 import numpy as np
 import pandas as pd
 
+from recbole_llmsrec.cli import user_errors
+
 # share of users the paper's code kept per category (llmsrec.md §5.4, step 2)
 PAPER_USER_FRACTION = {
     "Movies_and_TV": 0.05,
@@ -185,4 +187,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    with user_errors():
+        main()

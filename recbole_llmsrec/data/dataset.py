@@ -1,11 +1,15 @@
 """Dataset selection: the one-target-per-user training split of the LLM papers, and shuffled
 sequences for the LLM-SRec paper's order experiments."""
 
+import os
+
 import torch
+import yaml
 from recbole.data import create_dataset as recbole_create_dataset
 from recbole.data.dataset import SequentialDataset
 from recbole.utils import ModelType
 
+from recbole_llmsrec.cli import UserError
 from recbole_llmsrec.data.shuffle import (
     check_shuffle_settings,
     scope_window,
@@ -107,9 +111,39 @@ class ShuffledSequentialDataset(SequentialDataset):
         return SequentialDataset.build(self)
 
 
+def _recbole_downloads(name):
+    """Whether RecBole knows where to download the dataset ``name`` (its ``url.yaml``)."""
+    import recbole
+
+    path = os.path.join(os.path.dirname(recbole.__file__), "properties", "dataset", "url.yaml")
+    if not os.path.isfile(path):
+        return False
+    with open(path) as f:
+        return name in (yaml.safe_load(f) or {})
+
+
+def check_dataset_files(config):
+    """Stop with the fix when the interaction file is not where RecBole reads it,
+    ``<data_path>/<dataset>/<dataset>.inter`` (a dataset RecBole can download is left to it)."""
+    name, folder = config["dataset"], config["data_path"]
+    inter = os.path.join(folder, f"{name}.inter")
+    if config["benchmark_filename"] or os.path.isfile(inter):
+        return
+    if not os.path.exists(folder) and _recbole_downloads(name):
+        return
+    where = f"{folder} does not exist" if not os.path.isdir(folder) else f"{folder} has no {name}.inter"
+    data_path = os.path.dirname(os.path.normpath(folder))
+    raise UserError(
+        f"dataset {name!r} not found: {where}. RecBole reads <data_path>/<name>/<name>.inter (and "
+        f"<name>.item, <name>.user if there): set data_path (now {data_path!r}) to the folder that holds "
+        f"{name}/, with --data_path=... or in a config file, or check the dataset name"
+    )
+
+
 def create_dataset(config):
     """RecBole's ``create_dataset``, except for sequential runs with ``train_last_item_only`` or
     ``shuffle_mode``."""
+    check_dataset_files(config)
     shuffle_mode = config["shuffle_mode"] or "none"
     if config["MODEL_TYPE"] == ModelType.SEQUENTIAL:
         if shuffle_mode != "none":

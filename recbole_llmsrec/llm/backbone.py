@@ -6,8 +6,11 @@ soft-token injection, and reading hidden states out at marker tokens all live he
 
 import contextlib
 import importlib.util
+import json
 import logging
 import os
+import re
+import warnings
 
 import torch
 from torch import nn
@@ -54,16 +57,28 @@ def packaged_weights_dir(spec, setting, alias):
     return list(found.submodule_search_locations)[0]
 
 
-def _packaged_llm_folder(alias, cache_dir):
-    """The plain Hugging Face folder for a packaged alias, converting its GGUF file once."""
+def _packaged_llm_target(alias, cache_dir):
+    """Where the plain Hugging Face folder of a packaged alias is (or will be) converted to."""
+    return os.path.join(cache_dir or default_cache_dir(), PACKAGED_LLMS[alias]["folder_name"])
+
+
+def _packaged_gguf(alias):
+    """The installed package folder and GGUF file of a packaged alias, or an error naming the fix."""
     spec = PACKAGED_LLMS[alias]
-    target = os.path.join(cache_dir or default_cache_dir(), spec["folder_name"])
-    if os.path.isfile(os.path.join(target, "config.json")):
-        return target
     package_dir = packaged_weights_dir(spec, "llm_path", alias)
     gguf_path = os.path.join(package_dir, spec["gguf_file"])
     if not os.path.isfile(gguf_path):
         raise FileNotFoundError(f"{gguf_path} is missing; reinstall with `{spec['install']}`")
+    return package_dir, gguf_path
+
+
+def _packaged_llm_folder(alias, cache_dir):
+    """The plain Hugging Face folder for a packaged alias, converting its GGUF file once."""
+    spec = PACKAGED_LLMS[alias]
+    target = _packaged_llm_target(alias, cache_dir)
+    if os.path.isfile(os.path.join(target, "config.json")):
+        return target
+    package_dir, gguf_path = _packaged_gguf(alias)
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -90,24 +105,71 @@ def _packaged_llm_folder(alias, cache_dir):
     return target
 
 
+# A Hugging Face model id: a name, or owner/name (letters, digits, "-", "_", "."; at most 96 characters).
+_HUB_ID = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]*/)?[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _path_fix():
+    return (
+        f"set llm_path to an existing model folder (with config.json), a Hugging Face id such as "
+        f"meta-llama/Llama-3.2-3B-Instruct, or one of {sorted(PACKAGED_LLMS)} (packaged)"
+    )
+
+
+def check_causal_config(llm_path, architectures, is_encoder_decoder=False, kind=None):
+    """Refuse a model whose config says it is not a causal (decoder-only) language model."""
+    if is_encoder_decoder or (architectures and not any(arch.endswith(_CAUSAL_ARCHITECTURES) for arch in architectures)):
+        raise ValueError(
+            f"llm_path {llm_path!r} ({kind or 'config.json'}, architectures {architectures}) is not a causal "
+            f"language model; set llm_path to a decoder-only LM such as a Llama, Qwen or SmolLM checkpoint"
+        )
+
+
+def check_llm_path(llm_path, cache_dir=None):
+    """Check ``llm_path`` without loading anything: a packaged alias whose package is installed (or
+    already converted), a local folder with a causal LM's config.json, or a well-formed Hugging Face
+    id (which only loading can confirm). Raises an error naming the fix."""
+    if not llm_path or not isinstance(llm_path, str):
+        raise ValueError(
+            f"llm_path is not set (got {llm_path!r}): use smollm2-135m (packaged), a Hugging Face id such as "
+            f"meta-llama/Llama-3.2-3B-Instruct, or a local model folder"
+        )
+    if llm_path in PACKAGED_LLMS:
+        if not os.path.isfile(os.path.join(_packaged_llm_target(llm_path, cache_dir), "config.json")):
+            _packaged_gguf(llm_path)
+        return
+    expanded = os.path.expanduser(llm_path)
+    if os.path.isdir(expanded):
+        config_file = os.path.join(expanded, "config.json")
+        if not os.path.isfile(config_file):
+            raise FileNotFoundError(
+                f"llm_path {llm_path!r} is a folder without config.json; set llm_path to the folder a model "
+                f"was saved to (save_pretrained: config.json, weights and tokenizer files), a Hugging Face id "
+                f"or one of {sorted(PACKAGED_LLMS)} (packaged)"
+            )
+        try:
+            with open(config_file, encoding="utf-8") as f:
+                settings = json.load(f)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"llm_path {llm_path!r}: {config_file} cannot be read ({err}); {_path_fix()}") from err
+        if isinstance(settings, dict):
+            check_causal_config(llm_path, settings.get("architectures"), settings.get("is_encoder_decoder", False))
+        return
+    if expanded.startswith(("/", ".", "~")) or os.path.exists(expanded) or not _HUB_ID.match(llm_path) or (
+        len(llm_path) > 96 or "--" in llm_path or ".." in llm_path
+    ):
+        raise FileNotFoundError(
+            f"llm_path {llm_path!r} is neither an existing model folder nor a Hugging Face id; {_path_fix()}"
+        )
+
+
 def resolve_llm_path(llm_path, cache_dir=None):
     """A loadable location for ``llm_path``: packaged alias -> converted folder; else unchanged."""
-    if not llm_path:
-        raise ValueError(
-            "llm_path is not set: use smollm2-135m (packaged), a Hugging Face id such as "
-            "meta-llama/Llama-3.2-3B-Instruct, or a local model folder"
-        )
+    check_llm_path(llm_path, cache_dir)
     if llm_path in PACKAGED_LLMS:
         return _packaged_llm_folder(llm_path, cache_dir)
     expanded = os.path.expanduser(llm_path)
-    if os.path.isdir(expanded):
-        return expanded
-    if expanded.startswith(("/", ".", "~")) or os.path.exists(expanded):
-        raise FileNotFoundError(
-            f"llm_path {llm_path!r} is not a model folder; set llm_path to an existing folder "
-            f"(with config.json), a Hugging Face id, or one of {sorted(PACKAGED_LLMS)}"
-        )
-    return llm_path  # a hub id
+    return expanded if os.path.isdir(expanded) else llm_path  # a folder, or a hub id
 
 
 QUANTIZATIONS = ("8bit", "4bit")
@@ -154,22 +216,18 @@ def load_causal_lm(llm_path, dtype="float32", device="cpu", cache_dir=None, quan
             f"cannot load llm_path {llm_path!r} ({err}). Without hub access use a local folder or "
             f"the packaged alias smollm2-135m ({PACKAGED_LLMS['smollm2-135m']['install']})"
         ) from err
-    not_causal = ValueError(
-        f"llm_path {llm_path!r} ({type(config).__name__}, architectures {config.architectures}) is not "
-        f"a causal language model; set llm_path to a decoder-only LM such as a Llama, Qwen or SmolLM checkpoint"
-    )
     # transformers would wrap some encoders (e.g. a saved BertModel) in a fresh, untrained LM head
-    if getattr(config, "is_encoder_decoder", False) or (
-        config.architectures
-        and not any(arch.endswith(_CAUSAL_ARCHITECTURES) for arch in config.architectures)
-    ):
-        raise not_causal
+    check_causal_config(llm_path, config.architectures, getattr(config, "is_encoder_decoder", False),
+                        kind=type(config).__name__)
     # bitsandbytes places the weights while loading them; a quantised model cannot be moved after
     placement = {"quantization_config": quantized, "device_map": {"": torch.device(device)}} if quantized else {"device_map": None}
     try:
         model = AutoModelForCausalLM.from_pretrained(location, dtype=DTYPES.get(dtype, "auto"), **placement)
     except ValueError as err:
-        raise not_causal from err
+        raise ValueError(
+            f"llm_path {llm_path!r} ({type(config).__name__}) is not a causal language model ({err}); set "
+            f"llm_path to a decoder-only LM such as a Llama, Qwen or SmolLM checkpoint"
+        ) from err
     tokenizer = AutoTokenizer.from_pretrained(location)
     if not quantized:
         model.to(device)
@@ -199,7 +257,11 @@ def add_lora(model, config):
         r=config["lora_r"], lora_alpha=config["lora_alpha"], lora_dropout=config["lora_dropout"],
         target_modules=[targets] if isinstance(targets, str) else list(targets), bias="none", task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, lora)
+    with warnings.catch_warnings():
+        # peft asks the model `is_gradient_checkpointing`, which transformers 5 keeps only as a deprecated
+        # alias of `is_activation_checkpointing` (same value); the warning is about peft's code, not ours
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return get_peft_model(model, lora)
 
 
 def length_groups(lengths, group_cost, most=512):

@@ -3,6 +3,7 @@
 import csv
 import logging
 import os
+import weakref
 from datetime import datetime, timezone
 from functools import lru_cache
 
@@ -13,13 +14,9 @@ from recbole_llmsrec.llm.backbone import HISTORY_EMB, ITEM_OUT, USER_OUT, USER_R
 logger = logging.getLogger(__name__)
 
 
-def read_item_text(config, dataset):
-    """Raw text of every item, indexed by RecBole's internal item id (index 0, padding, is "").
-
-    The text is read from ``<data_path>/<dataset>.item`` (not RecBole's word ids), built from
-    ``item_text_fields`` (and ``item_text_template`` if set). Items whose text is empty or who
-    have no row get ``item_text_placeholder``, or an error when that is null.
-    """
+def item_text_file(config):
+    """The ``.item`` file and the ``item_text_fields`` to read item text from, checked without reading
+    the rows: the fields are set, the file exists and its header has the item id and every field."""
     name = config["dataset"]
     fields = config["item_text_fields"]
     if not fields:
@@ -33,10 +30,43 @@ def read_item_text(config, dataset):
     path = os.path.join(config["data_path"], f"{name}.item")
     if not os.path.isfile(path):
         raise FileNotFoundError(
-            f"LLM models need item text, but dataset {name!r} has no item file {path}: add a "
-            f"{name}.item atomic file with an item_id column and a text column, and name the "
+            f"LLM models need item text, but dataset {name!r} has no item file {path}: add the "
+            f"atomic file {name}.item with an item_id column and a text column, and name the "
             f"text column in item_text_fields"
         )
+    with open(path, encoding=config["encoding"] or "utf-8") as f:
+        header = f.readline().rstrip("\r\n")
+    columns = [column.split(":")[0] for column in header.split(config["field_separator"])]
+    absent = [field for field in [config["ITEM_ID_FIELD"], *fields] if field not in columns]
+    if absent:
+        raise KeyError(
+            f"{path} has no column {absent} (its columns: {columns}); set "
+            f"item_text_fields (and ITEM_ID_FIELD) in properties/dataset/{name}.yaml"
+        )
+    return path, list(fields)
+
+
+def read_item_text(config, dataset):
+    """Raw text of every item, indexed by RecBole's internal item id (index 0, padding, is "").
+
+    The text is read from ``<data_path>/<dataset>.item`` (not RecBole's word ids), built from
+    ``item_text_fields`` (and ``item_text_template`` if set). Items whose text is empty or who
+    have no row get ``item_text_placeholder`` (one warning counting each kind), or an error when
+    that is null. The result is kept with ``dataset`` (and the splits built from it), so the file
+    is read and its warnings logged once per dataset.
+    """
+    path, fields = item_text_file(config)
+    stat = os.stat(path)
+    key = (path, stat.st_mtime_ns, stat.st_size, tuple(fields), config["item_text_template"],
+           config["item_text_placeholder"], config["field_separator"], config["encoding"], config["ITEM_ID_FIELD"])
+    read = dataset.__dict__.setdefault("_item_text_read", {})
+    if key not in read:
+        read[key] = _read_item_text(config, dataset, path, fields)
+    return list(read[key])
+
+
+def _read_item_text(config, dataset, path, fields):
+    name = config["dataset"]
     table = pd.read_csv(
         path,
         sep=config["field_separator"],
@@ -48,12 +78,6 @@ def read_item_text(config, dataset):
     )
     table.columns = [column.split(":")[0] for column in table.columns]
     iid_field = config["ITEM_ID_FIELD"]
-    absent = [field for field in [iid_field, *fields] if field not in table.columns]
-    if absent:
-        raise KeyError(
-            f"{path} has no column {absent} (its columns: {list(table.columns)}); set "
-            f"item_text_fields (and ITEM_ID_FIELD) in properties/dataset/{name}.yaml"
-        )
 
     template = config["item_text_template"]
     token2id = dataset.field2token_id[iid_field]
@@ -70,21 +94,34 @@ def read_item_text(config, dataset):
         texts[item] = text.strip()
 
     placeholder = config["item_text_placeholder"]
-    missing = [item for item in range(1, dataset.item_num) if not texts[item]]
-    if missing:
-        examples = [dataset.id2token(iid_field, item) for item in missing[:5]]
-        if placeholder is None:
-            raise ValueError(
-                f"{len(missing)} items of {name!r} have no text in {fields} (e.g. item ids "
-                f"{list(examples)}); fill them in {path}, or set item_text_placeholder to a text "
-                f"that stands in for them"
-            )
-        logger.warning(
-            f"{len(missing)} of {dataset.item_num - 1} items have no text in {fields} "
-            f"(e.g. {list(examples)}); they are shown as {placeholder!r} (item_text_placeholder)"
+    no_row = [item for item in range(1, dataset.item_num) if texts[item] is None]
+    empty = [item for item in range(1, dataset.item_num) if texts[item] == ""]
+
+    def examples(items):
+        return [dataset.id2token(iid_field, item) for item in items[:5]]
+
+    if (no_row or empty) and placeholder is None:
+        problems = []
+        if no_row:
+            problems.append(f"{len(no_row)} items have no row in {name}.item (e.g. item ids {examples(no_row)})")
+        if empty:
+            problems.append(f"{len(empty)} items of {name!r} have no text in {fields} (e.g. item ids {examples(empty)})")
+        raise ValueError(
+            f"{'; '.join(problems)}; fill them in {path}, or set item_text_placeholder to a text that "
+            f"stands in for them"
         )
-        for item in missing:
-            texts[item] = placeholder
+    if no_row:
+        logger.warning(
+            f"{len(no_row)} items have no row in {name}.item (e.g. item ids {examples(no_row)}): they get the "
+            f"placeholder text {placeholder!r} (item_text_placeholder)"
+        )
+    if empty:
+        logger.warning(
+            f"{len(empty)} of {dataset.item_num - 1} items have no text in {fields} "
+            f"(e.g. {examples(empty)}); they are shown as {placeholder!r} (item_text_placeholder)"
+        )
+    for item in no_row + empty:
+        texts[item] = placeholder
     texts[0] = ""
     return texts
 
@@ -123,6 +160,27 @@ def history_windows(item_seq, item_seq_len, window, time_seq=None):
     return items_out, times_out
 
 
+# (tokenizer, limit, items cut) already warned about: a model that builds several PromptBuilders over
+# the same texts (CoLLM: with and without soft tokens) warns once
+_cuts_warned = weakref.WeakKeyDictionary()
+
+
+def _warn_cut_once(tokenizer, limit, lengths, total):
+    """One warning counting the item texts cut to ``limit`` tokens (``lengths``: theirs, quotes included)."""
+    try:
+        warned = _cuts_warned.setdefault(tokenizer, set())
+    except TypeError:  # a tokenizer that takes no weak reference: warn every time
+        warned = set()
+    key = (limit, tuple(lengths))
+    if key in warned:
+        return
+    warned.add(key)
+    logger.warning(
+        f"{len(lengths)} of {total} item texts are longer than item_text_max_tokens={limit} tokens (the longest: "
+        f"{max(lengths)}) and are cut to it in prompts; raise item_text_max_tokens to keep more of them"
+    )
+
+
 class PromptBuilder:
     """Builds LLM-SRec-style prompts (paper Table 2) as token ids, from cached pieces.
 
@@ -155,6 +213,10 @@ class PromptBuilder:
         quoted = [f'"{text}"' for text in item_texts]
         encoded = tokenizer(quoted, add_special_tokens=False).input_ids
         self.item_tokens = [self._cut(ids, max_item_tokens) for ids in encoded]
+        self.cut_items = [item for item, ids in enumerate(encoded) if len(ids) > max_item_tokens + 1]
+        if self.cut_items:
+            lengths = [len(encoded[item]) for item in self.cut_items]
+            _warn_cut_once(tokenizer, max_item_tokens, lengths, len(item_texts) - 1)
         self._item_prompts = {}
 
     def _cut(self, ids, limit):

@@ -53,6 +53,8 @@ class AutoEncoder(nn.Module):
 
 class ALLMRec(LLMRetrievalMixin, SequentialRecommender):
     input_type = InputType.POINTWISE
+    # what check_settings checks before anything trains (recbole_llmsrec.config)
+    uses_llm = uses_item_text = uses_teacher = True
 
     # the listwise prompt of ``scoring: title_likelihood`` and of generation ({noun}: item_noun)
     USER_INTRO = " is a user representation. This user has interacted with the following {noun}s, oldest first: "

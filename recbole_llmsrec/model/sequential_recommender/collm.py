@@ -29,6 +29,7 @@ RETRIEVAL_HEADS = ("user_head", "item_head", "user_out_token", "item_out_token")
 
 
 class CoLLM(TALLRec):
+    uses_teacher = True  # besides TALLRec's LLM and item text (checked by check_settings)
     USER_FEATURE = "Their preference is also encoded in the feature "
     ITEM_FEATURE = " with the feature "
 

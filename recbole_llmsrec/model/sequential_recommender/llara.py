@@ -45,6 +45,8 @@ from recbole_llmsrec.teacher import load_teacher
 
 class LLaRA(LLMRetrievalMixin, SequentialRecommender):
     input_type = InputType.POINTWISE
+    # what check_settings checks before anything trains (recbole_llmsrec.config)
+    uses_llm = uses_item_text = uses_teacher = True
 
     # the candidate-list prompt ({noun}: item_noun)
     HISTORY = "This user has interacted with these {noun}s, oldest first: "

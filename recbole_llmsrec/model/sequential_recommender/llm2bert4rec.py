@@ -16,6 +16,9 @@ from recbole_llmsrec.model.llm_init import initialise_item_embedding
 
 
 class LLM2BERT4Rec(BERT4Rec):
+    # what check_settings checks before anything trains (recbole_llmsrec.config)
+    uses_item_text = True
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         initialise_item_embedding(self, config, dataset)

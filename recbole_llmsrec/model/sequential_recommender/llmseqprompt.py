@@ -67,6 +67,8 @@ class RowSampler(LogitsProcessor):
 
 class LLMSeqPrompt(SequentialRecommender):
     input_type = InputType.POINTWISE
+    # what check_settings checks before anything trains (recbole_llmsrec.config)
+    uses_llm = uses_item_text = True
 
     PROMPT_HEADER = "A user interacted with these items, in this order:\n"
     SEPARATOR = "###\n"

@@ -45,6 +45,8 @@ def decay_weights(k, n, decay):
 class LLMSeqSim(SequentialRecommender):
     input_type = InputType.POINTWISE
     training_free = True  # evaluated by TrainingFreeTrainer without a training loop
+    # what check_settings checks before anything trains (recbole_llmsrec.config)
+    uses_item_text = True
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)

@@ -27,6 +27,8 @@ from recbole_llmsrec.teacher import load_teacher
 
 class LLMSRec(LLMRetrievalMixin, SequentialRecommender):
     input_type = InputType.POINTWISE
+    # what check_settings checks before anything trains (recbole_llmsrec.config)
+    uses_llm = uses_item_text = uses_teacher = True
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)

@@ -45,6 +45,8 @@ def check_scoring(config, model):
 
 class TALLRec(LLMRetrievalMixin, SequentialRecommender):
     input_type = InputType.POINTWISE
+    # what check_settings checks before anything trains (recbole_llmsrec.config)
+    uses_llm = uses_item_text = True
 
     # the Yes/No prompt, instruction / input / response ({noun}: item_noun)
     INSTRUCTION = (
