@@ -14,6 +14,9 @@ each loss term since the previous validation and the seconds of training and val
 (``trainer.valid_history``). ``--resume=saved/LLMSRec-....pth`` continues an interrupted run from
 its checkpoint (RecBole's ``resume_checkpoint``; the curve so far is kept in ``--workdir``).
 
+``--pop_only`` tests RecBole's ``Pop`` on the same candidates into the report's ``pop`` entry (the
+floor every model must clear).
+
 Writes ``benchmarks/results/llmsrec_plateau_<dataset>.json``.
 """
 
@@ -65,19 +68,57 @@ def teacher_metrics(config, teacher_path, common):
     }
 
 
+def pop_metrics(common):
+    """RecBole's Pop (item counts of the training split), the floor every model must clear, tested
+    on the same split and candidates."""
+    from recbole.utils import init_seed
+
+    from recbole_llmsrec.config import Config
+    from recbole_llmsrec.evaluation.popularity import warm_cold
+    from recbole_llmsrec.quick_start import _build
+
+    config = Config(model="Pop", config_dict={**common, "epochs": 1, "state": "WARNING", "show_progress": False})
+    init_seed(config["seed"], config["reproducibility"])
+    dataset, train_data, valid_data, test_data, _, trainer = _build(config)
+    trainer.fit(train_data, valid_data, saved=False, show_progress=False)
+    per_user = per_user_metrics(trainer, test_data, config)
+    return {
+        "test": {mode: result.mean() for mode, result in per_user.items()},
+        "warm_cold": {mode: warm_cold(config, dataset, valid_data._dataset, test_data._dataset, result)
+                      for mode, result in per_user.items()},
+    }
+
+
 def main():
     flags = parser(__doc__)
-    flags.add_argument("--name", required=True, help="this run's record name in the report")
+    flags.add_argument("--name", default="", help="this run's record name in the report (required unless --pop_only)")
     flags.add_argument("--llm_path", default="smollm2-135m")
     flags.add_argument("--llmsrec_config", default="{}", help="JSON dict of LLMSRec config overrides")
     flags.add_argument("--resume", default="", help="an interrupted run's checkpoint to continue from")
+    flags.add_argument("--pop_only", action="store_true",
+                       help="test RecBole's Pop on the same candidates into the report's 'pop' entry, and stop")
     flags.add_argument("--evaluate_only", default="", help="a finished run's checkpoint: test it (and the teacher) "
                        "without training; the curve comes from the run's curve file in --workdir")
     args = flags.parse_args()
+    if not args.name and not args.pop_only:
+        flags.error("--name is required")
     common = start(args)
 
     import torch
     from recbole.utils import init_logger, init_seed
+
+    out = report_path(args, "llmsrec_plateau")
+    if args.pop_only:
+        report = {"runs": {}}
+        if os.path.isfile(out):
+            with open(out) as f:
+                report = json.load(f)
+        report["pop"] = {**pop_metrics(common), "command": f"python benchmarks/llmsrec_plateau.py "
+                         f"--dataset={args.dataset} --pop_only",
+                         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+        write_report(json.loads(json.dumps(report, default=float)), out)
+        print(json.dumps(report["pop"]["test"], default=float), f"\nwrote {out}")
+        return
 
     from recbole_llmsrec.config import Config
     from recbole_llmsrec.evaluation.popularity import warm_cold
@@ -163,7 +204,6 @@ def main():
     print(json.dumps({k: record[k] for k in ("test", "best_validation", "ratio_to_teacher_uni100_ndcg@10")},
                      indent=1, default=float), flush=True)
 
-    out = report_path(args, "llmsrec_plateau")
     report = {"runs": {}}
     if os.path.isfile(out):
         with open(out) as f:

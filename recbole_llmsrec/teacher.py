@@ -25,6 +25,7 @@ from recbole.utils import init_seed
 from recbole_llmsrec.compat import atomic_torch_save, load_recbole_checkpoint
 from recbole_llmsrec.config import Config
 from recbole_llmsrec.data import create_dataset, data_preparation
+from recbole_llmsrec.trainer import duration
 from recbole_llmsrec.utils import get_trainer
 
 logger = logging.getLogger(__name__)
@@ -79,14 +80,6 @@ def partial_teacher_path(path):
     return f"{path}.partial"
 
 
-def _duration(seconds):
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 @contextlib.contextmanager
 def preserved_rng_state():
     """Training a teacher must not change the random stream of the run that asked for it."""
@@ -121,8 +114,8 @@ class _TeacherProgress:
             per_epoch = (now - began) / max(1, epoch_idx - first)
             left = self.epochs - epoch_idx
             logger.info(
-                f"SASRec teacher: one epoch takes {_duration(per_epoch)} with its validation; the {left} "
-                f"epochs left at most would take about {_duration(per_epoch * left)} (early stopping after "
+                f"SASRec teacher: one epoch takes {duration(per_epoch)} with its validation; the {left} "
+                f"epochs left at most would take about {duration(per_epoch * left)} (early stopping after "
                 f"{self.stopping_step} validations without improvement usually ends it sooner)"
             )
             self._clock = (began, None)

@@ -37,6 +37,27 @@ def schedule_settings(config):
     return betas, int(per_epoch), None if gamma is None else float(gamma)
 
 
+def duration(seconds):
+    """``seconds`` as a reader would say it: "8.5 s", "95 s", "25 min", "12.5 h"."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def training_estimate(seconds_per_batch, n_batches, epochs_left, valid_seconds=None, valid_per_epoch=1):
+    """Seconds of one epoch and of ``epochs_left`` epochs at ``seconds_per_batch`` for each of the
+    ``n_batches`` of an epoch, plus ``valid_per_epoch`` validations (a fraction with ``eval_step`` > 1)
+    of ``valid_seconds`` each per epoch (training only when None)."""
+    epoch = seconds_per_batch * n_batches
+    if valid_seconds is not None:
+        epoch += valid_per_epoch * valid_seconds
+    return epoch, epoch * epochs_left
+
+
 class _BatchHook:
     """A training loader whose iteration calls ``after_batch(batches_done)`` once a batch has been
     trained on (when the next one is asked for), and ends the epoch when that returns True.
@@ -64,7 +85,7 @@ class _BatchHook:
 class _FitRun:
     """What one ``fit`` call keeps between its validations: its arguments, whether early stopping
     ended it, the global step, and the training since the previous validation (batches, the sum of
-    each loss term, when it began)."""
+    each loss term, when it began), and the training time estimate once logged."""
 
     def __init__(self, valid_data, verbose, saved, show_progress, callback_fn, step):
         self.valid_data, self.verbose, self.saved = valid_data, verbose, saved
@@ -73,6 +94,7 @@ class _FitRun:
         self.stopped = False
         self.validations = []  # each validation's epoch label, in order
         self.inner_valid_seconds = 0.0  # validating inside the current epoch's _train_epoch
+        self.seconds_per_batch = None  # measured over the first batches (verbose only)
         self.new_interval()
 
     def new_interval(self):
@@ -121,6 +143,10 @@ class ScheduledTrainer(Trainer):
     ``train_seconds`` (training since the previous validation, validations excluded) and
     ``valid_seconds``. ``epoch_train_seconds`` has each epoch's training seconds, validations
     between its parts excluded.
+
+    With ``verbose``, each ``fit`` logs an estimate of its training time after the first batches
+    of its first epoch (3, fewer when a minute has passed, the epoch is shorter or a validation comes
+    first), and one of training and validation together after its first validation.
     """
 
     def __init__(self, config, model):
@@ -226,8 +252,9 @@ class ScheduledTrainer(Trainer):
         return {n_batches * i // k for i in range(1, k)} - {0}
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
-        """RecBole's epoch, recording each batch's losses for ``valid_history`` and, with
-        ``valid_per_epoch`` > 1, validating between the parts of the epoch."""
+        """RecBole's epoch, recording each batch's losses for ``valid_history``, with ``valid_per_epoch``
+        > 1 validating between the parts of the epoch, and in the first epoch of a verbose ``fit``
+        logging the training time estimate."""
         if hasattr(train_data, "set_epoch"):  # training rows drawn per epoch (train_rows_per_user)
             train_data.set_epoch(epoch_idx)
         run = self._run
@@ -242,18 +269,66 @@ class ScheduledTrainer(Trainer):
 
         n_batches = len(train_data)
         part_ends = self._part_ends(n_batches) if self.eval_step > 0 and run.valid_data else set()
-        if part_ends:
+        estimating = run.verbose and run.seconds_per_batch is None  # the first epoch of this fit
+        began = time()
+        if part_ends or estimating:
 
             def after_batch(done):
+                if run.seconds_per_batch is None and run.verbose:
+                    seconds = time() - began
+                    if done >= min(3, n_batches) or done in part_ends or seconds >= 60:
+                        self._log_training_estimate(done, n_batches, seconds)
                 if done in part_ends:
-                    began = time()
+                    valid_began = time()
                     self._validate(epoch_idx, done, n_batches)
                     self.model.train()  # evaluation left the model in eval mode
-                    run.inner_valid_seconds += time() - began
+                    run.inner_valid_seconds += time() - valid_began
                 return run.stopped
 
             train_data = _BatchHook(train_data, after_batch)
         return super()._train_epoch(train_data, epoch_idx, loss_func=recorded_loss, show_progress=show_progress)
+
+    def _estimate_name(self):
+        """Who the training time estimates speak of."""
+        return self.config["model"]
+
+    def _validations_per_epoch(self, n_batches):
+        """Validations per epoch of ``n_batches`` (a fraction with ``eval_step`` > 1); 0 without validation."""
+        if self.eval_step <= 0 or not self._run.valid_data:
+            return 0
+        if self.valid_per_epoch > 1:
+            return len(self._part_ends(n_batches)) + 1
+        return 1 / self.eval_step
+
+    def _log_training_estimate(self, done, n_batches, seconds):
+        """Log the time of an epoch and of the epochs left from the first ``done`` batches of this
+        fit, trained in ``seconds``."""
+        run = self._run
+        run.seconds_per_batch = seconds / done
+        left = self.epochs - self.start_epoch
+        epoch, total = training_estimate(run.seconds_per_batch, n_batches, left)
+        epochs = f"up to {left} epochs" + (f" (resumed at epoch {self.start_epoch})" if self.start_epoch else "")
+        if self._validations_per_epoch(n_batches):
+            after = (f" (early stopping, patience {self.stopping_step} validations, usually ends it sooner); "
+                     f"the first validation will show how long one takes")
+        else:
+            after = "; no validation in this run"
+        self.logger.info(
+            f"{self._estimate_name()}: {done} of {n_batches} batches in {duration(seconds)}; estimated from them, "
+            f"an epoch takes about {duration(epoch)}, {epochs} about {duration(total)} of training{after}")
+
+    def _log_run_estimate(self, n_batches, train_seconds, train_batches, valid_seconds):
+        """Log the time of the whole fit, training and validation, after its first validation."""
+        if train_batches:  # the training so far measures it better than the first batches
+            self._run.seconds_per_batch = train_seconds / train_batches
+        per_epoch = self._validations_per_epoch(n_batches)
+        left = self.epochs - self.start_epoch
+        _, total = training_estimate(self._run.seconds_per_batch, n_batches, left, valid_seconds, per_epoch)
+        cadence = f"valid_per_epoch {self.valid_per_epoch}" + (
+            f" and eval_step {self.eval_step}" if self.valid_per_epoch == 1 and self.eval_step > 1 else "")
+        self.logger.info(
+            f"{self._estimate_name()}: one validation takes {duration(valid_seconds)}; with {cadence}, up to "
+            f"{left} epochs: about {duration(total)} in all (training and validation)")
 
     def _epoch_label(self, epoch_idx, epochs_done):
         return f"{epoch_idx} ({epochs_done:.4g} epochs trained)"
@@ -311,6 +386,9 @@ class ScheduledTrainer(Trainer):
             "train_seconds": float(train_seconds),
             "valid_seconds": float(valid_seconds),
         })
+
+        if run.verbose and len(run.validations) == 1 and run.seconds_per_batch is not None:
+            self._log_run_estimate(n_batches, train_seconds, run.batches, valid_seconds)
 
         if stop_flag:
             if self.cur_step < len(run.validations):
@@ -379,6 +457,9 @@ class StagedTrainer(LLMTrainer):
         self.stage = self.stages[-1]  # a trainer that only evaluates expects a finished model
         self.stage_train_loss = {}  # stage -> {epoch: loss}
         super().__init__(config, model)
+
+    def _estimate_name(self):
+        return f"{self.config['model']} {self.stage}"
 
     def _trained_prefixes(self, stage):
         upto = self.stages[: self.stages.index(stage) + 1]

@@ -4,6 +4,7 @@ and a tiny Llama; with the defaults, training is RecBole's ``Trainer.fit``."""
 
 import json
 import logging
+import re
 
 import pytest
 import torch
@@ -13,7 +14,8 @@ from recbole.utils import init_seed
 from recbole_llmsrec.compat import load_recbole_checkpoint
 from recbole_llmsrec.config import Config
 from recbole_llmsrec.quick_start import _build
-from recbole_llmsrec.trainer import LLaRATrainer, schedule_settings
+from recbole_llmsrec import trainer as trainer_module
+from recbole_llmsrec.trainer import LLaRATrainer, duration, schedule_settings, training_estimate
 
 
 def build(config_dict, model="LLMSRec", **overrides):
@@ -233,3 +235,41 @@ def test_each_stage_has_its_own_schedule(tiny_config_dict, tiny_encoder_path):
     assert [h["lr"] for h in trainer.valid_history] == [0.01 * 0.5**i for i in range(4)] + [0.002 * 0.5**i for i in range(2)]
     assert optimizers[1].param_groups[0]["lr"] == 0.002 * 0.5**2 and trainer.lr_scheduler.optimizer is optimizers[1]
     assert load_recbole_checkpoint(trainer.saved_model_file)["optimizer"]["lr_scheduler"]["base_lrs"] == [0.002]
+
+
+def test_durations_and_estimates_are_readable_arithmetic():
+    assert [duration(s) for s in (0.04, 8.46, 95, 119.4, 1500, 7199, 45000)] == [
+        "0.0 s", "8.5 s", "95 s", "119 s", "25 min", "120 min", "12.5 h"]
+    assert training_estimate(31.25, 48, 30) == (1500, 45000)  # 25 min an epoch, 12.5 h for 30
+    assert training_estimate(31.25, 48, 30, valid_seconds=300) == (1800, 54000)
+    assert training_estimate(31.25, 48, 30, valid_seconds=300, valid_per_epoch=3) == (2400, 72000)
+    assert training_estimate(31.25, 48, 30, valid_seconds=300, valid_per_epoch=0.5) == (1650, 49500)
+    assert training_estimate(2.0, 10, 0) == (20, 0)
+
+
+def test_fit_logs_its_estimates(tiny_config_dict, caplog, monkeypatch):
+    """After the first batches: an epoch and the epochs left; after the first validation: the whole run."""
+    monkeypatch.setattr(trainer_module, "duration", lambda seconds: f"<{seconds!r}>")  # exact, to check the arithmetic
+    _, (_, train_data, valid_data, _, _, trainer) = build(tiny_config_dict, epochs=2, valid_per_epoch=2)
+    n = len(train_data)
+    with caplog.at_level(logging.INFO):
+        trainer.fit(train_data, valid_data, saved=False)
+    number = r"<([0-9.e+-]+)>"
+    first = [r.getMessage() for r in caplog.records if " batches in " in r.getMessage()]
+    assert len(first) == 1, first
+    done, of, seconds, epoch, total = re.fullmatch(
+        rf"LLMSRec: (\d+) of (\d+) batches in {number}; estimated from them, an epoch takes about {number}, "
+        rf"up to 2 epochs about {number} of training \(early stopping, patience 10 validations, usually ends it "
+        rf"sooner\); the first validation will show how long one takes", first[0]).groups()
+    assert int(of) == n and int(done) == min(3, n // 2)  # the first part of the epoch ends after n // 2
+    assert float(epoch) == pytest.approx(float(seconds) / int(done) * n)
+    assert float(total) == pytest.approx(2 * float(epoch))
+
+    second = [r.getMessage() for r in caplog.records if "one validation takes" in r.getMessage()]
+    assert len(second) == 1, second
+    valid, total = re.fullmatch(rf"LLMSRec: one validation takes {number}; with valid_per_epoch 2, up to 2 epochs: "
+                                rf"about {number} in all \(training and validation\)", second[0]).groups()
+    h = trainer.valid_history[0]
+    assert float(valid) == h["valid_seconds"]
+    assert float(total) == pytest.approx(2 * (h["train_seconds"] / h["train_batches"] * n + 2 * h["valid_seconds"]))
+    assert caplog.text.index(first[0]) < caplog.text.index("evaluating") < caplog.text.index(second[0])
