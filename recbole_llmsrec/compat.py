@@ -51,6 +51,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from recbole_llmsrec.cli import UserError
+
 
 def undo_recbole_anomaly_mode():
     """Import RecBole's sequential models (which switches anomaly mode on) and switch it off."""
@@ -60,6 +62,10 @@ def undo_recbole_anomaly_mode():
 
 
 undo_recbole_anomaly_mode()
+
+
+class UnreadableCheckpoint(UserError, RuntimeError):
+    """A checkpoint file that cannot be read (a user error: the command line shows its message alone)."""
 
 
 def load_recbole_checkpoint(path, map_location="cpu"):
@@ -72,9 +78,10 @@ def load_recbole_checkpoint(path, map_location="cpu"):
     try:
         return torch.load(path, map_location=map_location, weights_only=False)
     except Exception as err:  # truncated zip, wrong format, ...
-        raise RuntimeError(
+        raise UnreadableCheckpoint(
             f"checkpoint {path!r} cannot be read ({type(err).__name__}: {err}); it is corrupt or "
-            f"partial. Delete it and train again, or point the setting to another file."
+            f"partial, or not a PyTorch checkpoint: point the setting that names it (e.g. "
+            f"resume_checkpoint) to another file"
         ) from err
 
 

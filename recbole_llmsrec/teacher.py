@@ -22,7 +22,7 @@ import torch
 from recbole.model.sequential_recommender.sasrec import SASRec
 from recbole.utils import init_seed
 
-from recbole_llmsrec.compat import atomic_torch_save, load_recbole_checkpoint
+from recbole_llmsrec.compat import UnreadableCheckpoint, atomic_torch_save, load_recbole_checkpoint
 from recbole_llmsrec.config import Config
 from recbole_llmsrec.data import create_dataset, data_preparation
 from recbole_llmsrec.trainer import duration
@@ -249,11 +249,11 @@ def _read_teacher(path, user_given):
     except RuntimeError as err:
         cause = err.__cause__ or err
         if user_given:
-            raise RuntimeError(
+            raise UnreadableCheckpoint(
                 f"teacher_checkpoint {path!r} cannot be read ({type(cause).__name__}: {cause}): it is corrupt or "
                 f"partial, or not a PyTorch checkpoint; {USER_FIX}"
             ) from cause
-        raise RuntimeError(
+        raise UnreadableCheckpoint(
             f"the cached SASRec teacher {path} cannot be read ({type(cause).__name__}: {cause}): it is corrupt or "
             f"partial; {_cache_fix(path)}"
         ) from cause

@@ -141,6 +141,16 @@ def test_a_user_error_ends_the_run_with_its_message(tmp_path, args, message):
     assert "Traceback" in open(log_file).read()
 
 
+def test_an_unreadable_checkpoint_is_a_user_error(tmp_path):
+    (tmp_path / "notes.pth").write_text("not a checkpoint")
+    done = command([os.path.join(REPO, "run_recbole_llmsrec.py"), "--model=SASRec", "--dataset=tiny", *TINY,
+                    "--epochs=1", f"--resume_checkpoint={tmp_path / 'notes.pth'}"], tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: checkpoint ") and "notes.pth" in last and "resume_checkpoint" in last
+    assert "delete" not in last.lower()
+
+
 def test_the_debug_switch_shows_the_traceback(tmp_path):
     args = ["-m", "recbole_llmsrec.data.amazon2023", "--reviews=Nope.jsonl", "--meta=meta_Nope.jsonl", "--name=Nope"]
     done = command(args, tmp_path)

@@ -1,5 +1,7 @@
 """Prefix-cached candidate scoring equals one full prompt per candidate (tiny Llama, LoRA, soft tokens)."""
 
+import warnings
+
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
@@ -24,7 +26,9 @@ def llm(tiny_llm_path):
 @pytest.fixture(scope="module")
 def lora_llm(tiny_llm_path):
     model, _ = load_causal_lm(tiny_llm_path)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules=["q_proj", "v_proj"]))
+    with warnings.catch_warnings():  # peft's own use of a deprecated transformers alias
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules=["q_proj", "v_proj"]))
     torch.manual_seed(3)
     for name, param in peft_model.named_parameters():
         if "lora_B" in name:  # peft starts B at zero; make the adapters change the outputs
