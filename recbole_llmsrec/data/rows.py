@@ -47,7 +47,7 @@ def user_row_groups(dataset):
     a user the row index is the order of its targets."""
     uid = np.asarray(dataset.inter_feat[dataset.uid_field])
     order = np.argsort(uid, kind="stable")
-    users, starts = np.unique(uid[order], return_index=True)
+    _, starts = np.unique(uid[order], return_index=True)
     return np.split(order, starts[1:])
 
 
