@@ -138,39 +138,45 @@ class Config(RecBoleConfig):
 # ---- settings checked before anything expensive --------------------------------------------------
 
 
-def _whole_positive(value):
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
-def _number(value):
+def is_number(value):
+    """An int or a float; not a bool (YAML and RecBole's command line turn true/false into bools)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_count(value):
+    """A whole number >= 1 (an int, not a bool): of rows, epochs, steps, ..."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def check_settings(config):
     """Check every setting that needs neither the data nor any training, before the dataset is
-    read: batch sizes, ``learning_rate`` and ``epochs``, and for the models that use them the LLM
+    read: batch sizes, ``learning_rate``, ``epochs`` and the training schedule
+    (:func:`recbole_llmsrec.trainer.schedule_settings`), and for the models that use them the LLM
     (``llm_path``) and the item text file (``item_text_fields``). Raises an error naming the setting
     and the fix."""
     model_class = get_model(config["model"])
     name = config["model"]
     for key in ("train_batch_size", "eval_batch_size"):
         value = config[key]
-        if not _whole_positive(value):
+        if not is_count(value):
             raise ValueError(f"{key} must be a whole number >= 1 (rows per batch), got {value!r}; set e.g. --{key}=256")
-    if "llm_batch_size" in config and config["llm_batch_size"] is not None and not _whole_positive(config["llm_batch_size"]):
+    if "llm_batch_size" in config and config["llm_batch_size"] is not None and not is_count(config["llm_batch_size"]):
         raise ValueError(f"llm_batch_size must be a whole number >= 1 (prompts per LLM forward), got "
                          f"{config['llm_batch_size']!r}; set e.g. --llm_batch_size=16")
     training_free = getattr(model_class, "training_free", False)
     if not training_free:
         lr = config["learning_rate"]
-        if not (_number(lr) and lr > 0):
+        if not (is_number(lr) and lr > 0):
             raise ValueError(f"learning_rate must be a number > 0, got {lr!r}; set e.g. --learning_rate=0.001")
         epochs = config["epochs"]
-        if not _whole_positive(epochs):
+        if not is_count(epochs):
             raise ValueError(
                 f"epochs must be a whole number >= 1 for {name} (the most epochs to train; with none the test "
                 f"would score an untrained model), got {epochs!r}; set e.g. --epochs=1"
             )
+        from recbole_llmsrec.trainer import schedule_settings
+
+        schedule_settings(config)
     if getattr(model_class, "uses_llm", False):
         from recbole_llmsrec.llm.backbone import check_llm_path
 

@@ -21,10 +21,29 @@ dataset files' contents and the diagnostics asked for, so a later call with the 
 reads it instead of training again (``--rerun=Model`` forces a new run).
 
 Writes ``leaderboard.csv`` (model, eval_mode, ndcg@10, hit@10, ndcg@20, hit@20, train_seconds,
-trainable_params), ``leaderboard.md``, ``leaderboard.png``, ``warm_cold.csv``/``.md`` and
-``shuffle.csv``/``.md``/``.png`` in ``<results_dir>/<dataset>/``. ``train_seconds`` is the wall time of
+trainable_params, best_epoch, converged), ``leaderboard.md``, ``leaderboard.png``,
+``warm_cold.csv``/``.md`` and ``shuffle.csv``/``.md``/``.png`` in ``<results_dir>/<dataset>/``. ``train_seconds`` is the wall time of
 ``Trainer.fit`` (training epochs and their validation); building the model (loading an LLM,
 training a teacher, embedding item texts) is ``setup_seconds`` in the run's JSON and the Markdown.
+
+The training rule: every model trains until early stopping ends it (``stopping_step`` + 1 validations
+in a row without a new best ``valid_metric``; a validation every ``eval_step`` epochs, or
+``valid_per_epoch`` times an epoch) or until ``epochs``, whichever comes first. Only the first is
+convergence: a model that ran out of epochs while it was still improving within its patience window
+is short of what it can do, and its row says so. Each record keeps the rule that produced it (``training``: epochs_max,
+stopping_step, valid_per_epoch, eval_step, learning_rate, best_epoch, validations, epochs_run,
+stopped_by, converged; see :func:`training_outcome`); a staged trainer's (A-LLMRec, CoLLM) fields are
+per stage, and it converged only if every stage it trained stopped early (a stage loaded from a
+checkpoint counts as given). Models with nothing to train (LLMSeqSim; RecBole's Pop, which counts in
+one pass) are ``training-free``. The tables add ``best_epoch`` and ``converged`` ("yes",
+"no: max epochs", "no: no validation", "training-free"; "unknown" for records written before the
+rule was kept), and ``leaderboard.md`` names every model that did not converge, with its epochs.
+
+Before it trains anything, the leaderboard logs an estimate per model still to run and their total:
+at most ``epochs`` (per stage) at the median seconds per training epoch of the model's most recent
+earlier record on the dataset in the runs folder (any settings), plus this run's validations at that
+record's median seconds per validation, plus that record's setup and test time ("no earlier run to
+estimate from" without one). After each model it logs the models left and their estimated time.
 
 Other ``--key=value`` flags set that config key for every model (values read as YAML, as in
 ``run_hyper.py``); ``--model_config`` sets keys for single models and wins over them.
@@ -48,7 +67,8 @@ from logging import getLogger
 
 from recbole_llmsrec.cli import UserError, config_flags, user_errors
 
-COLUMNS = ["model", "eval_mode", "ndcg@10", "hit@10", "ndcg@20", "hit@20", "train_seconds", "trainable_params"]
+COLUMNS = ["model", "eval_mode", "ndcg@10", "hit@10", "ndcg@20", "hit@20", "train_seconds", "trainable_params",
+           "best_epoch", "converged"]
 EVAL_MODES = ("uni100", "full")
 # resolved settings that do not change a result: where things are written, how much is printed
 _NOT_IN_KEY = {
@@ -150,6 +170,235 @@ def _git_commit():
         return None
 
 
+# ---- the training rule ------------------------------------------------------------------------
+
+# how a training may end and still count as converged (a stage loaded from a checkpoint is taken as given)
+CONVERGED_BY = ("early stopping", "training-free", "loaded from checkpoint")
+
+
+def stopping_reason(history, stopping_step, trained=True, cur_step=None):
+    """Why one training (one ``fit``, or one stage of a staged trainer) ended:
+
+    * ``"training-free"``: nothing was trained (``trained`` False);
+    * ``"no validation"``: nothing validated it, so nothing could stop it before its last epoch;
+    * ``"early stopping"``: its last ``stopping_step`` + 1 validations brought no new best (RecBole's
+      ``early_stopping`` stops once ``cur_step`` > ``stopping_step``): converged;
+    * ``"max epochs"``: it ran out of epochs with a new best within that window: not converged.
+
+    ``history``: its validations in order, dicts with ``best`` (a new best, so checkpointed), as in
+    ``ScheduledTrainer.valid_history``. ``cur_step``: the trainer's count of validations since its best
+    after ``fit``, where known; it wins because it also counts those before a resumed run.
+    """
+    if not trained:
+        return "training-free"
+    if not history:
+        return "no validation"
+    if cur_step is None:
+        bests = [entry["best"] for entry in history]
+        cur_step = bests[::-1].index(True) if True in bests else len(bests)
+    return "early stopping" if cur_step > stopping_step else "max epochs"
+
+
+def replay_early_stopping(validations, best, cur_step, stopping_step, bigger=True):
+    """A validation history (:func:`stopping_reason`) of a trainer that keeps none, RecBole's: its
+    ``validations`` (epochs trained, valid score) replayed through RecBole's ``early_stopping`` from the
+    trainer's ``best`` score and ``cur_step`` before ``fit``, so each is a new best exactly when it was one."""
+    from recbole.utils import early_stopping
+
+    history = []
+    for epoch, score in validations:
+        best, cur_step, _, new_best = early_stopping(score, best, cur_step, max_step=stopping_step, bigger=bigger)
+        history.append({"epoch": float(epoch), "valid_score": score, "best": new_best})
+    return history
+
+
+def best_epoch(history):
+    """Epochs trained at the last new best of ``history`` (fractional when validated within epochs); None
+    without one (no validation, or the best came before a resumed run)."""
+    bests = [entry["epoch"] for entry in history if entry["best"]]
+    return bests[-1] if bests else None
+
+
+def training_outcome(history, stopping_step, trained=True, cur_step=None, stages=None):
+    """``best_epoch``, ``validations``, ``stopped_by`` (:func:`stopping_reason`) and ``converged`` of a
+    training with the validation ``history``. With ``stages`` (stage name -> whether it was loaded from a
+    checkpoint instead of trained), the first three are per stage, from the entries naming their
+    ``stage``, and it converged only if every stage did."""
+    if stages is None:
+        stopped_by = stopping_reason(history, stopping_step, trained, cur_step)
+        return {"best_epoch": best_epoch(history) if trained else None, "validations": len(history), "stopped_by": stopped_by,
+                "converged": stopped_by in CONVERGED_BY}
+    parts = {stage: [entry for entry in history if entry.get("stage") == stage] for stage in stages}
+    stopped_by = {stage: "loaded from checkpoint" if loaded else stopping_reason(parts[stage], stopping_step)
+                  for stage, loaded in stages.items()}
+    return {"best_epoch": {stage: best_epoch(part) for stage, part in parts.items()},
+            "validations": {stage: len(part) for stage, part in parts.items()},
+            "stopped_by": stopped_by, "converged": all(reason in CONVERGED_BY for reason in stopped_by.values())}
+
+
+def training_record(trainer, config, history):
+    """The rule that trained the model of ``trainer`` after its ``fit``, and how it ended (a record's
+    ``training``); ``history``: its validations in order (see :func:`stopping_reason`)."""
+    from recbole.trainer import TraditionalTrainer
+
+    from recbole_llmsrec.trainer import StagedTrainer, TrainingFreeTrainer
+
+    rule = {"stopping_step": trainer.stopping_step, "valid_per_epoch": getattr(trainer, "valid_per_epoch", 1),
+            "eval_step": config["eval_step"]}
+    if isinstance(trainer, StagedTrainer):  # each stage has its own epochs, learning rate and early stopping
+        settings = {stage: trainer.model.stage_settings(stage) for stage in trainer.stages}
+        rule.update(epochs_max={stage: s["epochs"] for stage, s in settings.items()},
+                    learning_rate={stage: s["learning_rate"] for stage, s in settings.items()},
+                    epochs_run={stage: len(trainer.stage_train_loss.get(stage, {})) for stage in settings})
+        return {**rule, **training_outcome(history, trainer.stopping_step,
+                                           stages={stage: bool(s.get("checkpoint")) for stage, s in settings.items()})}
+    # nothing learnt: LLMSeqSim; RecBole's memory-based models (Pop) count items in one pass whatever epochs is
+    free = isinstance(trainer, (TrainingFreeTrainer, TraditionalTrainer))
+    rule.update(epochs_max=0 if isinstance(trainer, TrainingFreeTrainer) else trainer.epochs,
+                learning_rate=None if free else trainer.learning_rate, epochs_run=len(trainer.train_loss_dict))
+    return {**rule, **training_outcome(history, trainer.stopping_step, trained=not free, cur_step=trainer.cur_step)}
+
+
+def converged_label(training):
+    """The ``converged`` cell of a record's ``training``: "yes", "no: <why>" (per stage where staged),
+    "training-free", or "unknown" for a record written before the rule was kept."""
+    if not training:
+        return "unknown"
+    reasons = training["stopped_by"] if isinstance(training["stopped_by"], dict) else {None: training["stopped_by"]}
+    if set(reasons.values()) == {"training-free"}:
+        return "training-free"
+    missed = [reason if stage is None else f"{reason} in {stage}"
+              for stage, reason in reasons.items() if reason not in CONVERGED_BY]
+    return "no: " + ", ".join(missed) if missed else "yes"
+
+
+def _epochs_text(value):
+    if isinstance(value, dict):  # per stage
+        return ", ".join(f"{stage} {_epochs_text(epoch) or '-'}" for stage, epoch in value.items())
+    return "" if value is None else f"{value:g}"
+
+
+def convergence_notes(records):
+    """Paragraphs for ``leaderboard.md``: the rule, a line per model that did not converge (with its
+    epochs), and the models whose records do not say."""
+    notes = ["converged: yes when early stopping ended training (valid_metric brought no new best for "
+             "stopping_step + 1 validations in a row); no: max epochs when it ran out of epochs while still "
+             "improving within that window, so its row may be short of what the model can do."]
+    missed = []
+    for record in records:
+        training = record.get("training")
+        if not training or training["converged"]:
+            continue
+        staged = isinstance(training["stopped_by"], dict)
+        parts = []
+        for stage in training["stopped_by"] if staged else [None]:
+            rule = {name: training.get(name, {}).get(stage) if staged else training.get(name)
+                    for name in ("stopped_by", "epochs_run", "epochs_max", "best_epoch")}
+            if rule["stopped_by"] in CONVERGED_BY:
+                continue
+            parts.append(("" if stage is None else f"{stage}: ")
+                         + f"{rule['stopped_by']}, {rule['epochs_run']} of at most {rule['epochs_max']} epochs"
+                         + ("" if rule["best_epoch"] is None else f", best validation at epoch {rule['best_epoch']:g}"))
+        missed.append(f"- {record['model']} did not converge: {'; '.join(parts)}")
+    if missed:
+        notes.append("\n".join(missed))
+    unknown = [record["model"] for record in records if not record.get("training")]
+    if unknown:
+        notes.append(f"converged unknown (recorded before the training rule was kept; --rerun tells): {', '.join(unknown)}")
+    return "\n\n".join(notes)
+
+
+# ---- what a model will cost ---------------------------------------------------------------------
+
+
+def earlier_record(folder, model_name, dataset):
+    """The most recent record of ``model_name`` on ``dataset`` in the runs ``folder``, whatever its
+    settings; None without one."""
+    found = []
+    for path in glob.glob(os.path.join(folder, f"{model_name}-*.json")):
+        if path.endswith(".settings.json"):
+            continue
+        try:
+            with open(path) as f:
+                record = json.load(f)
+        except (OSError, ValueError):  # unreadable: it says nothing about the cost
+            continue
+        if record.get("model") == model_name and record.get("dataset") == dataset:
+            found.append((record.get("date", ""), os.path.getmtime(path), record))
+    return max(found, key=lambda entry: entry[:2])[2] if found else None
+
+
+def estimate_seconds(config, earlier):
+    """The most seconds the run of ``config`` may take, as measured by an ``earlier`` record of its model
+    and dataset, and how: per stage, ``epochs`` at that record's median seconds per training epoch and
+    this run's validations at its median seconds per validation, plus its setup and test time."""
+    from statistics import median
+
+    from recbole.trainer import TraditionalTrainer
+
+    from recbole_llmsrec.trainer import ScheduledTrainer, StagedTrainer, TrainingFreeTrainer, duration
+    from recbole_llmsrec.utils import get_trainer
+
+    trainer_class = get_trainer(config["MODEL_TYPE"], config["model"])
+    epoch_seconds = earlier.get("train_seconds_per_epoch_all") or []
+    if not epoch_seconds and earlier.get("epochs_run"):  # written before epochs were timed: validations included
+        epoch_seconds = [earlier["train_seconds"] / earlier["epochs_run"]]
+    training = earlier.get("training") or {}
+    if issubclass(trainer_class, StagedTrainer) and not isinstance(training.get("epochs_run"), dict) and epoch_seconds:
+        # written before stages were told apart: the median of two stages' epochs would be the cheaper one's
+        epoch_seconds = [sum(epoch_seconds) / len(epoch_seconds)]
+    measured = {None: (epoch_seconds, earlier.get("valid_seconds_all") or [])}
+    if isinstance(training.get("epochs_run"), dict):  # a staged record: a stage's epochs cost their own
+        start = 0
+        for stage, count in training["epochs_run"].items():
+            measured[stage] = (epoch_seconds[start:start + count],
+                               [entry["valid_seconds"] for entry in earlier.get("valid_history", [])
+                                if entry.get("stage") == stage and "valid_seconds" in entry])
+            start += count
+
+    eval_step = config["eval_step"]
+    per_epoch = (config["valid_per_epoch"] or 1) if issubclass(trainer_class, ScheduledTrainer) else 1
+
+    def validations(epochs):
+        if eval_step <= 0 or epochs <= 0:
+            return 0
+        return epochs * per_epoch if per_epoch > 1 else epochs // min(eval_step, epochs)
+
+    if issubclass(trainer_class, TrainingFreeTrainer):
+        plan = {None: (0, 1)}  # (epochs, validations)
+    elif issubclass(trainer_class, TraditionalTrainer):
+        plan = {None: (1, 1)}
+    elif issubclass(trainer_class, StagedTrainer) and isinstance(training.get("epochs_max"), dict):
+        stages = list(training["epochs_max"])
+        plan = {}
+        for stage in stages:
+            # the last stage trains for epochs; A-LLMRec and CoLLM name an earlier stage's own settings
+            # <model>_<stage>_epochs and _checkpoint (else: as in the earlier run)
+            prefix = f"{config['model'].lower()}_{stage}"
+            epochs = (config["epochs"] if stage == stages[-1] else 0 if config[f"{prefix}_checkpoint"]
+                      else config[f"{prefix}_epochs"] if config[f"{prefix}_epochs"] is not None
+                      else training["epochs_max"][stage])
+            plan[stage] = (epochs, validations(epochs))
+    else:
+        plan = {None: (config["epochs"], validations(config["epochs"]))}
+
+    def seconds_each(values, fallback):
+        return median(values) if values else median(fallback) if fallback else 0.0
+
+    total, parts = 0.0, []
+    for stage, (epochs, checks) in plan.items():
+        trained, validated = measured.get(stage, measured[None])
+        epoch, check = seconds_each(trained, measured[None][0]), seconds_each(validated, measured[None][1])
+        total += epochs * epoch + checks * check
+        done = [f"up to {epochs} epoch{'s' if epochs != 1 else ''} of {duration(epoch)}"] if epochs else []
+        if checks and (validated or measured[None][1]):  # else untimed (in the epochs of an old record)
+            done.append(f"{checks:g} validation{'s' if checks != 1 else ''} of {duration(check)}")
+        parts.append(("" if stage is None else f"{stage}: ") + (", ".join(done) or "nothing to train"))
+    fixed = (earlier.get("setup_seconds") or 0.0) + sum((earlier.get("eval_seconds") or {}).values())
+    total += fixed
+    return total, f"{'; '.join(parts)}; setup and test {duration(fixed)} (as its run of {earlier.get('date', '?')})"
+
+
 # ---- one model (in its own process) -----------------------------------------------------------
 
 
@@ -190,11 +439,23 @@ def train_and_evaluate(model_name, config_dict, shuffle_scopes=()):
 
         return wrapped
 
+    validations = []  # (epochs trained, valid score) of each validation: RecBole's trainers keep no history
+    timed_valid_epoch = timed(valid_epoch, valid_seconds)
+
+    def scored(*args, **kwargs):
+        score, result = timed_valid_epoch(*args, **kwargs)
+        validations.append((trainer.start_epoch + len(epoch_seconds), float(score)))
+        return score, result
+
     trainer._train_epoch = timed(train_epoch, epoch_seconds)
-    trainer._valid_epoch = timed(valid_epoch, valid_seconds)
+    trainer._valid_epoch = scored
+    best, since_best = trainer.best_valid_score, trainer.cur_step  # where early stopping starts (resumed: not afresh)
     start = time.perf_counter()
     _, best_valid_result = trainer.fit(train_data, valid_data, saved=True, show_progress=show_progress)
     train_seconds = time.perf_counter() - start
+    history = getattr(trainer, "valid_history", None)
+    if history is None:  # RecBole's own trainers
+        history = replay_early_stopping(validations, best, since_best, trainer.stopping_step, trainer.valid_metric_bigger)
     trainer.load_model_checkpoint(trainer.saved_model_file)
     # what training changed: a staged trainer's checkpoint names every stage's parameters, while
     # requires_grad only flags the last stage's
@@ -237,7 +498,8 @@ def train_and_evaluate(model_name, config_dict, shuffle_scopes=()):
         "train_seconds_per_epoch_all": getattr(trainer, "epoch_train_seconds", None) or epoch_seconds,
         "valid_seconds_all": valid_seconds,
         # every validation in order (LLM trainers: fractional epoch, lr, loss terms, seconds)
-        "valid_history": getattr(trainer, "valid_history", []),
+        "valid_history": history,
+        "training": training_record(trainer, config, history),  # the rule, and whether it converged
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "trainable_params": sum(p.numel() for name, p in model.named_parameters() if name in trained),
         "total_params": sum(p.numel() for p in model.parameters()),
@@ -309,17 +571,58 @@ def run_in_process(model_name, config_dict, shuffle_scopes, path):
 def run_models(models, common, model_config=None, shuffle_scopes=(), results_dir="results", rerun=(), log=print,
                step=None):
     """Train and test each of ``models`` (resuming finished ones); returns ``(records, failures)``.
-    ``log`` takes progress messages; ``step`` is called after each model."""
+    ``log`` takes progress messages (first the estimated time of the models to run); ``step`` is called
+    after each model."""
+    from recbole_llmsrec.trainer import duration
+
     records, failures = [], {}
     folder = os.path.join(results_dir, common["dataset"], "runs")
     os.makedirs(folder, exist_ok=True)
+    runs = []  # (model, its config dict, its settings, the path of its record, whether to run it)
+    estimates = {}  # model -> seconds at most, for the models to run with an earlier record to measure them
     for position, model_name in enumerate(models, start=1):
         config_dict = {**common, **(model_config or {}).get(model_name, {})}
-        _, settings, key = run_settings(model_name, config_dict, shuffle_scopes)
+        config, settings, key = run_settings(model_name, config_dict, shuffle_scopes)
         path = os.path.join(folder, f"{model_name}-{key}.json")
-        settings_path = os.path.join(folder, f"{model_name}-{key}.settings.json")
+        run_it = model_name in rerun or not os.path.isfile(path)
+        runs.append((model_name, config_dict, settings, path, run_it))
+        if not run_it:
+            continue
+        earlier = earlier_record(folder, model_name, common["dataset"])
         head = f"[{position}/{len(models)}] {model_name}"
-        if os.path.isfile(path) and model_name not in rerun:
+        if earlier is None:
+            log(f"{head}: no earlier run to estimate from")
+            continue
+        try:
+            estimates[model_name], how = estimate_seconds(config, earlier)
+        except (KeyError, TypeError, ValueError) as err:  # an estimate is no reason to stop the leaderboard
+            log(f"{head}: no estimate: its earlier record lacks what one needs ({err!r})")
+            continue
+        log(f"{head}: at most about {duration(estimates[model_name])} ({how})")
+    to_run = [run for run in runs if run[-1]]
+    if to_run:
+        unknown = len(to_run) - len(estimates)
+        log(f"estimated: at most about {duration(sum(estimates.values()))} for {len(to_run)} "
+            f"model{'s' if len(to_run) != 1 else ''} to run"
+            + (f" ({unknown} of them with no estimate)" if unknown else "")
+            + (f"; {len(runs) - len(to_run)} finished before" if len(runs) > len(to_run) else "")
+            + "; early stopping usually ends training sooner")
+
+    def left_after(position):
+        left = [model for model, *_, run_it in runs[position:] if run_it]
+        if not left:
+            return "no models left"
+        known = [model for model in left if model in estimates]
+        text = f"{len(left)} model{'s' if len(left) != 1 else ''} left"
+        if not known:
+            return f"{text}, with no estimate"
+        return (f"{text}, at most about {duration(sum(estimates[model] for model in known))}"
+                + (f" (and {len(left) - len(known)} with no estimate)" if len(known) < len(left) else ""))
+
+    for position, (model_name, config_dict, settings, path, run_it) in enumerate(runs, start=1):
+        settings_path = path[: -len(".json")] + ".settings.json"
+        head = f"[{position}/{len(models)}] {model_name}"
+        if not run_it:
             with open(path) as f:
                 record = json.load(f)
             log(f"{head}: finished before with the same settings, read from {path}")
@@ -340,6 +643,8 @@ def run_models(models, common, model_config=None, shuffle_scopes=(), results_dir
         except RuntimeError as err:
             failures[model_name] = str(err)
             log(f"{head}: FAILED: {err}")
+            if position < len(runs):
+                log(f"{head}: {left_after(position)}")
             if step:
                 step()
             continue
@@ -348,8 +653,9 @@ def run_models(models, common, model_config=None, shuffle_scopes=(), results_dir
             step()
         result = record["results"]["uni100"]
         full = record["results"].get("full")
-        log(f"{head}: done in {time.perf_counter() - start:.0f} s; uni100 NDCG@10 {result['ndcg@10']:.4f}, "
-            f"full NDCG@10 " + (f"{full['ndcg@10']:.4f}" if full else f"n/a ({record['full_error']})"))
+        log(f"{head}: done in {duration(time.perf_counter() - start)}, converged: "
+            f"{converged_label(record.get('training'))}; uni100 NDCG@10 {result['ndcg@10']:.4f}, full NDCG@10 "
+            + (f"{full['ndcg@10']:.4f}" if full else f"n/a ({record['full_error']})") + f"; {left_after(position)}")
     return records, failures
 
 
@@ -358,11 +664,14 @@ def leaderboard_table(records):
 
     rows = []
     for record in records:
+        training = record.get("training")  # none: written before the training rule was kept
         for mode in EVAL_MODES:
             result = record["results"].get(mode) or {}  # none: the model cannot rank in this mode (full_error)
             rows.append({
                 "model": record["model"], "eval_mode": mode, **{m: result.get(m) for m in COLUMNS[2:6]},
                 "train_seconds": round(record["train_seconds"], 1), "trainable_params": record["trainable_params"],
+                "best_epoch": _epochs_text(training["best_epoch"]) if training else "",
+                "converged": converged_label(training),
             })
     return pd.DataFrame(rows, columns=COLUMNS)
 
@@ -402,6 +711,7 @@ def write_leaderboard(records, folder, title):
             formats = [".4f" if column.startswith(("ndcg", "hit")) else ".1f" if column.endswith("seconds") else "g"
                        for column in part.columns]
             f.write(f"### {mode}\n\n{part.to_markdown(index=False, floatfmt=formats)}\n\n")
+        f.write(convergence_notes(records) + "\n")
     warm = warm_cold_table(records)
     warm.to_csv(os.path.join(folder, "warm_cold.csv"), index=False)
     with open(os.path.join(folder, "warm_cold.md"), "w") as f:

@@ -5,36 +5,156 @@ A frozen LLM is never written into a checkpoint; the optimiser sees only trainab
 Looked up by ``recbole_llmsrec.utils.get_trainer`` as ``<Model>Trainer``.
 """
 
+import math
+from collections import namedtuple
 from time import time
 
 from recbole.trainer import Trainer
 from recbole.utils import dict2str, early_stopping, set_color
+from torch.nn.utils import clip_grad_norm_
 from torch.optim.lr_scheduler import ExponentialLR
 
 from recbole_llmsrec.compat import TrustedCheckpointMixin, load_recbole_checkpoint
+from recbole_llmsrec.config import is_count, is_number
+
+LR_SCHEDULES = ("constant", "linear", "cosine")
+
+ScheduleSettings = namedtuple("ScheduleSettings", [
+    "adam_betas", "valid_per_epoch", "lr_decay_per_valid", "lr_schedule", "lr_warmup_ratio", "lr_min_ratio",
+    "gradient_accumulation_steps"])
 
 
 def schedule_settings(config):
-    """``adam_betas``, ``valid_per_epoch`` and ``lr_decay_per_valid`` of ``config``, checked (empty: the
-    defaults, RecBole's own schedule)."""
+    """The training schedule settings of ``config`` (``properties/overall.yaml``), checked, as a
+    :class:`ScheduleSettings`; a key left empty or absent has its default (RecBole's schedule)."""
 
-    def number(value):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    def setting(key, default=None):
+        value = config[key] if key in config else None
+        return default if value is None else value
 
-    betas = config["adam_betas"]
+    betas = setting("adam_betas")
     if betas is not None:
         if not (isinstance(betas, (list, tuple)) and len(betas) == 2
-                and all(number(b) and 0.0 <= b < 1.0 for b in betas)):
+                and all(is_number(b) and 0.0 <= b < 1.0 for b in betas)):
             raise ValueError(f"adam_betas must be two numbers in [0, 1), e.g. [0.9, 0.98], or empty; got {betas!r}")
         betas = tuple(float(b) for b in betas)
-    per_epoch = 1 if config["valid_per_epoch"] is None else config["valid_per_epoch"]
-    if not (number(per_epoch) and per_epoch == int(per_epoch) and per_epoch >= 1):
+    per_epoch = setting("valid_per_epoch", 1)
+    if not (is_number(per_epoch) and per_epoch == int(per_epoch) and per_epoch >= 1):
         raise ValueError(f"valid_per_epoch must be a whole number >= 1 (1: RecBole's eval_step cadence); got {per_epoch!r}")
-    gamma = config["lr_decay_per_valid"]
-    if gamma is not None and not (number(gamma) and gamma > 0):
+    gamma = setting("lr_decay_per_valid")
+    if gamma is not None and not (is_number(gamma) and gamma > 0):
         raise ValueError(f"lr_decay_per_valid must be a number > 0 (e.g. 0.95), or empty for a constant "
                          f"learning rate; got {gamma!r}")
-    return betas, int(per_epoch), None if gamma is None else float(gamma)
+    shape = setting("lr_schedule", "constant")
+    if shape not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}; got {shape!r}")
+    warmup = setting("lr_warmup_ratio", 0.0)
+    if not (is_number(warmup) and 0.0 <= warmup < 1.0):
+        raise ValueError(f"lr_warmup_ratio must be a number in [0, 1): the share of a run's optimiser steps that "
+                         f"warm the learning rate up (e.g. 0.05; 0: none); got {warmup!r}")
+    floor = setting("lr_min_ratio", 0.0)
+    if not (is_number(floor) and 0.0 <= floor <= 1.0):
+        raise ValueError(f"lr_min_ratio must be a number in [0, 1]: the lowest learning rate as a share of "
+                         f"learning_rate (e.g. 0.01); got {floor!r}")
+    accumulation = setting("gradient_accumulation_steps", 1)
+    if not is_count(accumulation):
+        raise ValueError(f"gradient_accumulation_steps must be a whole number >= 1 (training batches per "
+                         f"optimiser step; 1: one step per batch, as RecBole); got {accumulation!r}")
+    if gamma is not None and (shape != "constant" or warmup > 0):
+        raise ValueError(
+            f"lr_decay_per_valid ({gamma}) and lr_schedule: {shape} with lr_warmup_ratio: {warmup} both set the "
+            f"learning rate; use one: leave lr_decay_per_valid empty for the per-step schedule, or set "
+            f"lr_schedule: constant and lr_warmup_ratio: 0 to decay per validation")
+    return ScheduleSettings(betas, int(per_epoch), None if gamma is None else float(gamma), shape, float(warmup),
+                            float(floor), accumulation)
+
+
+class StepSchedule:
+    """A learning rate set before every optimiser step from the step's place in the run.
+
+    With T optimiser steps in the run (``fit``: epochs x optimiser steps per epoch), W =
+    floor(``warmup_ratio`` x T) warm-up steps, floor m = ``min_ratio`` and ``learning_rate`` lr,
+    the step s (0, 1, ..., T - 1) trains at
+
+    * s < W: lr x (m + (1 - m) s / W), a linear warm-up from m x lr;
+    * s >= W, with p = (s - W) / (T - W): constant lr; linear lr x (m + (1 - m)(1 - p));
+      cosine lr x (m + (1 - m)(1 + cos(pi p)) / 2).
+
+    Each parameter group's lr is its own ``base_lrs`` entry times that factor. ``state_dict``
+    (kept inside the optimiser's, see ``ScheduledTrainer._keep_schedule_with``) records the step.
+    """
+
+    def __init__(self, optimizer, shape, warmup_ratio, min_ratio):
+        self.optimizer = optimizer
+        self.shape, self.warmup_ratio, self.min_ratio = shape, warmup_ratio, min_ratio
+        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
+        self.total_steps = None  # set by the trainer's fit, once the batches per epoch are known
+        self.step_index = 0
+
+    def warmup_steps(self):
+        return int(self.warmup_ratio * self.total_steps)
+
+    def factor(self, step):
+        """The learning rate of optimiser step ``step`` as a share of ``learning_rate``."""
+        floor = self.min_ratio
+        warmup = self.warmup_steps()
+        if step < warmup:
+            return floor + (1.0 - floor) * step / warmup
+        progress = min(1.0, (step - warmup) / max(1, self.total_steps - warmup))
+        if self.shape == "linear":
+            return floor + (1.0 - floor) * (1.0 - progress)
+        if self.shape == "cosine":
+            return floor + (1.0 - floor) * (1.0 + math.cos(math.pi * progress)) / 2.0
+        return 1.0
+
+    def seek(self, step):
+        """Set every group's learning rate to that of optimiser step ``step``."""
+        self.step_index = int(step)
+        factor = self.factor(self.step_index)
+        for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base_lr * factor
+
+    def state_dict(self):
+        return {"lr_schedule": self.shape, "lr_warmup_ratio": self.warmup_ratio, "lr_min_ratio": self.min_ratio,
+                "total_steps": self.total_steps, "step": self.step_index, "base_lrs": list(self.base_lrs)}
+
+    def load_state_dict(self, state):
+        # this run's settings and learning rate win; the step says where the saved run was
+        self.step_index = int(state["step"])
+
+
+class _AccumulatedSteps:
+    """The optimiser as RecBole's epoch loop sees it with ``gradient_accumulation_steps`` k: its
+    ``zero_grad`` and ``step`` act once per group of k batches (the last group of an epoch may be
+    shorter), and the step uses the mean of the group's batch gradients, clipped after averaging
+    when ``clip_grad_norm`` is set. Everything else is the optimiser's."""
+
+    def __init__(self, optimizer, k, n_batches, clip_grad_norm):
+        self._optimizer = optimizer
+        self._k, self._n_batches, self._clip = k, n_batches, clip_grad_norm
+        self._batches = 0  # batches whose step() was called in this epoch
+
+    def __getattr__(self, name):
+        if name == "_optimizer":  # not set yet
+            raise AttributeError(name)
+        return getattr(self._optimizer, name)
+
+    def zero_grad(self, set_to_none=True):
+        if self._batches % self._k == 0:  # the first batch of a group
+            self._optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self, closure=None):
+        self._batches += 1
+        if self._batches % self._k and self._batches != self._n_batches:
+            return None
+        size = (self._batches - 1) % self._k + 1  # batches in this group
+        params = [p for group in self._optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if size > 1:
+            for param in params:
+                param.grad.div_(size)
+        if self._clip:
+            clip_grad_norm_(params, **self._clip)
+        return self._optimizer.step(closure)
 
 
 def duration(seconds):
@@ -111,8 +231,8 @@ class _FitRun:
 
 
 class ScheduledTrainer(Trainer):
-    """RecBole's ``Trainer`` with three schedule settings (``properties/overall.yaml``); their
-    defaults (empty, 1, empty) give RecBole's training, numbers included:
+    """RecBole's ``Trainer`` with the schedule settings of ``properties/overall.yaml``; their
+    defaults (empty, 1, empty, constant, 0, 0, 1) give RecBole's training, numbers included:
 
     * ``adam_betas``: the betas of Adam and AdamW (``learner`` adam or adamw).
     * ``valid_per_epoch`` k: the batches of every epoch are split into k near-equal parts (part i
@@ -129,19 +249,33 @@ class ScheduledTrainer(Trainer):
       it and ``resume_checkpoint`` puts it back with the optimiser. A checkpoint written after a
       validation already holds the decay of that validation: a resumed run goes on with the
       learning rate the uninterrupted run had next.
+    * ``lr_schedule`` (constant, linear or cosine), ``lr_warmup_ratio`` and ``lr_min_ratio``: a
+      learning rate per optimiser step (:class:`StepSchedule`, ``self.lr_scheduler``), over the
+      T = ``epochs`` x optimiser steps per epoch of each ``fit`` (a trainer that builds an
+      optimiser per stage: of each stage, over that stage's epochs). The rate of a step follows
+      from its place in the run (epoch x steps per epoch + step in the epoch), so a resumed run,
+      which starts at the epoch after its checkpoint, trains each step at the rate the
+      uninterrupted run had there; the schedule's state also travels in the optimiser's state
+      dict. It and ``lr_decay_per_valid`` exclude each other (a ValueError names both).
+    * ``gradient_accumulation_steps`` k: an optimiser step every k training batches (and after the
+      last batch of an epoch), on the mean of their gradients (``clip_grad_norm`` applies to that
+      mean), so a step sees k x ``train_batch_size`` rows while memory holds one batch. Each batch's
+      loss is still logged and recorded.
 
     Resuming: a checkpoint is written at a new best validation (RecBole's rule) with the index of
     the epoch it was written in, and a resumed run starts at the next epoch; a checkpoint written
     between parts of an epoch therefore resumes without the rest of that epoch.
+    ``_train_epoch`` called outside ``fit`` is RecBole's epoch as it is (no per-step schedule, one
+    step per batch).
 
     ``valid_history`` gets one dict per validation (JSON-serialisable): ``epoch`` (float: epochs of
     training done, 1.0 = the end of RecBole's epoch 0), ``epoch_idx`` (RecBole's epoch index),
-    ``step`` (optimiser steps so far), ``lr`` (the learning rate of the training before this
-    validation), ``valid_score``, ``valid_result``, ``best`` (a new best, so checkpointed),
-    ``train_loss`` (mean loss per batch since the previous validation), ``train_loss_terms`` (the
-    mean of each term a model's ``calculate_loss`` returns, one for a single loss), ``train_batches``,
-    ``train_seconds`` (training since the previous validation, validations excluded) and
-    ``valid_seconds``. ``epoch_train_seconds`` has each epoch's training seconds, validations
+    ``step`` (training batches so far: optimiser steps unless ``gradient_accumulation_steps`` > 1),
+    ``lr`` (the learning rate of the last training step before this validation), ``valid_score``,
+    ``valid_result``, ``best`` (a new best, so checkpointed), ``train_loss`` (mean loss per batch
+    since the previous validation), ``train_loss_terms`` (the mean of each term a model's
+    ``calculate_loss`` returns, one for a single loss), ``train_batches``, ``train_seconds``
+    (training since the previous validation, validations excluded) and ``valid_seconds``. ``epoch_train_seconds`` has each epoch's training seconds, validations
     between its parts excluded.
 
     With ``verbose``, each ``fit`` logs an estimate of its training time after the first batches
@@ -150,18 +284,25 @@ class ScheduledTrainer(Trainer):
     """
 
     def __init__(self, config, model):
-        self.adam_betas, self.valid_per_epoch, self.lr_decay_per_valid = schedule_settings(config)
+        self.schedule = schedule_settings(config)
+        self.adam_betas, self.valid_per_epoch, self.lr_decay_per_valid = self.schedule[:3]
+        self.gradient_accumulation_steps = self.schedule.gradient_accumulation_steps
         self.lr_scheduler = None
         self.valid_history = []
         self.epoch_train_seconds = []
         self._run = None  # the fit in progress
         super().__init__(config, model)
+        if self.gradient_accumulation_steps > 1 and self.enable_scaler:
+            raise ValueError("gradient_accumulation_steps > 1 does not work with enable_scaler (RecBole's gradient "
+                             "scaler steps after every batch): set enable_scaler: False, or gradient_accumulation_steps: 1")
 
     # ---- optimiser and learning-rate schedule -------------------------------------------------
 
     def _build_optimizer(self, **kwargs):
-        """RecBole's optimiser with ``adam_betas``; sets ``self.lr_scheduler`` to its schedule
-        (None for a constant learning rate)."""
+        """RecBole's optimiser (``learner``, ``learning_rate``, ``weight_decay``) with ``adam_betas``;
+        sets ``self.lr_scheduler`` to its schedule: an ``ExponentialLR`` stepped per validation
+        (``lr_decay_per_valid``), a :class:`StepSchedule` (``lr_schedule`` other than constant, or a
+        warm-up), or None for a constant learning rate."""
         learner = kwargs.get("learner", self.learner)
         optimizer = super()._build_optimizer(**kwargs)
         if self.adam_betas is not None:
@@ -175,6 +316,9 @@ class ScheduledTrainer(Trainer):
         scheduler = None
         if self.lr_decay_per_valid is not None:
             scheduler = ExponentialLR(optimizer, gamma=self.lr_decay_per_valid)
+        elif self.schedule.lr_schedule != "constant" or self.schedule.lr_warmup_ratio > 0:
+            scheduler = StepSchedule(optimizer, self.schedule.lr_schedule, self.schedule.lr_warmup_ratio,
+                                     self.schedule.lr_min_ratio)
         self._keep_schedule_with(optimizer, scheduler)
         self.lr_scheduler = scheduler
         return optimizer
@@ -189,14 +333,22 @@ class ScheduledTrainer(Trainer):
 
         def load(_, state):
             saved = state.pop("lr_scheduler", None)
-            if scheduler is not None and saved is not None:
+            if saved is None:
+                return state
+            per_step = "lr_schedule" in saved  # a StepSchedule's state; else an ExponentialLR's
+            if isinstance(scheduler, StepSchedule) and per_step:
+                scheduler.load_state_dict(saved)  # fit then sets the rate of the step it starts at
+            elif isinstance(scheduler, ExponentialLR) and not per_step:
                 scheduler.load_state_dict(saved)
                 scheduler.gamma = self.lr_decay_per_valid  # this run's setting wins
-            elif saved is not None:
+            else:
+                loaded = ("a per-step schedule (lr_schedule, lr_warmup_ratio)" if per_step
+                          else "a decay per validation (lr_decay_per_valid)")
+                ours = ("lr_decay_per_valid" if isinstance(scheduler, ExponentialLR)
+                        else "its own per-step schedule" if scheduler is not None else "a constant learning rate")
                 self.logger.warning(
-                    f"the optimiser state loaded was decayed per validation (lr_decay_per_valid) and this "
-                    f"run has no lr_decay_per_valid: it goes on at the loaded learning rate "
-                    f"{[group['lr'] for group in state['param_groups']]}")
+                    f"the optimiser state loaded had {loaded}, which this run does not have: it goes on with "
+                    f"{ours}, from the loaded learning rate {[group['lr'] for group in state['param_groups']]}")
             return state
 
         optimizer.register_state_dict_post_hook(save)
@@ -207,7 +359,8 @@ class ScheduledTrainer(Trainer):
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         """RecBole's ``Trainer.fit``, the same steps in the same order, with validations between the
         parts of an epoch (``valid_per_epoch``), the learning rate decayed after each validation
-        (``lr_decay_per_valid``) and ``valid_history``."""
+        (``lr_decay_per_valid``) or set per step over this fit's epochs (``lr_schedule``), and
+        ``valid_history``."""
         if saved and self.start_epoch >= self.epochs:
             self._save_checkpoint(-1, verbose=verbose)
         self.eval_collector.data_collect(train_data)
@@ -216,6 +369,9 @@ class ScheduledTrainer(Trainer):
 
         run = self._run = _FitRun(valid_data, verbose, saved, show_progress, callback_fn,
                                   step=self.start_epoch * len(train_data))
+        if isinstance(self.lr_scheduler, StepSchedule):
+            self.lr_scheduler.total_steps = self.epochs * self._steps_per_epoch(len(train_data))
+            self.lr_scheduler.seek(self.start_epoch * self._steps_per_epoch(len(train_data)))
         try:
             for epoch_idx in range(self.start_epoch, self.epochs):
                 run.inner_valid_seconds = 0.0
@@ -246,28 +402,41 @@ class ScheduledTrainer(Trainer):
         self._add_hparam_to_tensorboard(self.best_valid_score)
         return self.best_valid_score, self.best_valid_result
 
+    def _steps_per_epoch(self, n_batches):
+        """Optimiser steps in an epoch of ``n_batches`` training batches."""
+        return math.ceil(n_batches / self.gradient_accumulation_steps)
+
     def _part_ends(self, n_batches):
         """Batch counts after which an epoch of ``n_batches`` is validated before its end."""
         k = self.valid_per_epoch
         return {n_batches * i // k for i in range(1, k)} - {0}
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
-        """RecBole's epoch, recording each batch's losses for ``valid_history``, with ``valid_per_epoch``
-        > 1 validating between the parts of the epoch, and in the first epoch of a verbose ``fit``
-        logging the training time estimate."""
+        """RecBole's epoch, recording each batch's losses for ``valid_history``, setting the learning
+        rate of each step (``lr_schedule``), stepping once per ``gradient_accumulation_steps`` batches,
+        with ``valid_per_epoch`` > 1 validating between the parts of the epoch, and in the first
+        epoch of a verbose ``fit`` logging the training time estimate."""
         if hasattr(train_data, "set_epoch"):  # training rows drawn per epoch (train_rows_per_user)
             train_data.set_epoch(epoch_idx)
         run = self._run
         if run is None:  # called outside fit: RecBole's epoch as it is
             return super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
         loss_func = loss_func or self.model.calculate_loss
+        n_batches = len(train_data)
+        k = self.gradient_accumulation_steps
+        schedule = self.lr_scheduler if isinstance(self.lr_scheduler, StepSchedule) else None
+        first_step = epoch_idx * self._steps_per_epoch(n_batches)
+        batches_begun = 0
 
         def recorded_loss(interaction):
+            nonlocal batches_begun
+            if schedule is not None:  # before this batch's optimiser step (RecBole steps after the loss)
+                schedule.seek(first_step + batches_begun // k)
+            batches_begun += 1
             losses = loss_func(interaction)
             run.record(losses)
             return losses
 
-        n_batches = len(train_data)
         part_ends = self._part_ends(n_batches) if self.eval_step > 0 and run.valid_data else set()
         estimating = run.verbose and run.seconds_per_batch is None  # the first epoch of this fit
         began = time()
@@ -286,7 +455,15 @@ class ScheduledTrainer(Trainer):
                 return run.stopped
 
             train_data = _BatchHook(train_data, after_batch)
-        return super()._train_epoch(train_data, epoch_idx, loss_func=recorded_loss, show_progress=show_progress)
+        if k == 1:
+            return super()._train_epoch(train_data, epoch_idx, loss_func=recorded_loss, show_progress=show_progress)
+        # RecBole's loop calls zero_grad and step every batch: for its duration they act once per group
+        optimizer, clip = self.optimizer, self.clip_grad_norm
+        self.optimizer, self.clip_grad_norm = _AccumulatedSteps(optimizer, k, n_batches, clip), None
+        try:
+            return super()._train_epoch(train_data, epoch_idx, loss_func=recorded_loss, show_progress=show_progress)
+        finally:
+            self.optimizer, self.clip_grad_norm = optimizer, clip
 
     def _estimate_name(self):
         """Who the training time estimates speak of."""
@@ -347,7 +524,7 @@ class ScheduledTrainer(Trainer):
         valid_start = time()
         valid_score, valid_result = self._valid_epoch(run.valid_data, show_progress=run.show_progress)
         valid_seconds = time() - valid_start
-        if self.lr_scheduler is not None:  # before a checkpoint is written: it holds the next lr
+        if isinstance(self.lr_scheduler, ExponentialLR):  # before a checkpoint is written: it holds the next lr
             self.lr_scheduler.step()
         self.best_valid_score, self.cur_step, stop_flag, update_flag = early_stopping(
             valid_score, self.best_valid_score, self.cur_step, max_step=self.stopping_step,
@@ -448,8 +625,9 @@ class StagedTrainer(LLMTrainer):
     ``learning_rate`` and an optional ``checkpoint`` to load instead of training. Each stage has its
     own early stopping and checkpoint, ``<saved_model_file stem>-<stage>.pth``, holding every
     parameter trained up to that stage; the last one is what ``evaluate`` loads. Each stage builds
-    its own optimiser, so its own learning-rate schedule (``lr_decay_per_valid``) starting at the
-    stage's learning rate; ``valid_history`` entries name their ``stage``.
+    its own optimiser, so its own learning-rate schedule (``lr_decay_per_valid``, or ``lr_schedule``
+    over the stage's own epochs) starting at the stage's learning rate; ``valid_history`` entries
+    name their ``stage``.
     """
 
     def __init__(self, config, model):

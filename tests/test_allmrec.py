@@ -8,6 +8,7 @@ from recbole.utils import init_seed
 
 from recbole_llmsrec.compat import load_recbole_checkpoint
 from recbole_llmsrec.config import Config
+from recbole_llmsrec.leaderboard import training_record
 from recbole_llmsrec.quick_start import _build, run_recbole_llmsrec
 
 STAGE1 = ("item_autoencoder", "text_autoencoder")
@@ -57,11 +58,20 @@ def test_both_stages_train_and_stage2_starts_from_stage1(allmrec_config):
 
     result = trainer.evaluate(test_data, load_best_model=True)
     assert 0.0 <= result["ndcg@10"] <= result["hit@10"] <= 1.0
+    # the leaderboard's record of the rule: per stage, each with its own epochs and early stopping
+    rule = training_record(trainer, trainer.config, trainer.valid_history)
+    assert rule["epochs_max"] == {"stage1": 8, "stage2": 3} and rule["learning_rate"]["stage1"] == 0.01
+    assert rule["validations"] == {"stage1": 8, "stage2": 3} and rule["epochs_run"] == {"stage1": 8, "stage2": 3}
+    # stopping_step 10: neither stage can stop early within its epochs
+    assert rule["stopped_by"] == {"stage1": "max epochs", "stage2": "max epochs"} and not rule["converged"]
 
     # resume from the saved stage 1: it is loaded, not trained again
     _, train_data, valid_data, _, model2, trainer2 = build(allmrec_config, allmrec_stage1_checkpoint=stage1_file, epochs=1)
     trainer2.fit(train_data, valid_data, saved=True)
     assert "stage1" not in trainer2.stage_train_loss and "stage2" in trainer2.stage_train_loss
+    rule = training_record(trainer2, trainer2.config, trainer2.valid_history)
+    assert rule["stopped_by"] == {"stage1": "loaded from checkpoint", "stage2": "max epochs"}  # 1 epoch: in patience
+    assert rule["validations"] == {"stage1": 0, "stage2": 1} and not rule["converged"]
     for name, value in params(model2, STAGE1).items():
         assert torch.equal(value, stage1[name]), name
 
@@ -197,3 +207,21 @@ def test_runs_through_quick_start_and_answers_from_the_command_line(allmrec_conf
     assert capsys.readouterr().out.endswith("\n")
     with pytest.raises(ValueError, match="not in dataset"):
         describe(result["saved_model_file"], "Which genres?", user="no-such-user")
+
+
+def test_the_official_schedule_reaches_both_stages(allmrec_config):
+    """ALLMRec.yaml: the official code's stage 1 (lr 1e-4, 10 epochs, text reconstruction weight 0.2)
+    and Adam betas (0.9, 0.98) in both stages, each stage with its own optimiser."""
+    official = ("allmrec_stage1_epochs", "allmrec_stage1_learning_rate", "allmrec_text_recon_weight", "learning_rate")
+    _, _, _, _, model, trainer = build({key: value for key, value in allmrec_config.items() if key not in official})
+    assert model.stage_settings("stage1") == {"epochs": 10, "learning_rate": 1e-4, "checkpoint": None}
+    assert model.stage_settings("stage2")["learning_rate"] == 1e-4 and model.text_recon_weight == 0.2
+    assert model.item_recon_weight == 0.5 and trainer.adam_betas == (0.9, 0.98) and trainer.lr_scheduler is None
+    for stage in ("stage1", "stage2"):
+        trainer._enter_stage(stage)
+        trainer.learning_rate = model.stage_settings(stage)["learning_rate"]
+        optimizer = trainer._build_optimizer()
+        assert type(optimizer) is torch.optim.Adam
+        assert [(group["lr"], group["betas"]) for group in optimizer.param_groups] == [(1e-4, (0.9, 0.98))]
+        trained = {id(p) for p in model.parameters() if p.requires_grad}
+        assert {id(p) for group in optimizer.param_groups for p in group["params"]} == trained

@@ -8,10 +8,12 @@ from recbole.utils import init_seed
 from recbole_llmsrec.compat import load_recbole_checkpoint
 from recbole_llmsrec.config import Config
 from recbole_llmsrec.data import create_dataset
+from recbole_llmsrec.data.rows import SampledRowsTrainDataLoader
 from recbole_llmsrec.llm.backbone import LLMBackbone
 from recbole_llmsrec.llm.scoring import break_ties, seeded_generator
 from recbole_llmsrec.quick_start import _build
 from recbole_llmsrec.teacher import load_teacher
+from recbole_llmsrec.trainer import StepSchedule
 
 LORA = {"lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.5, "lora_target_modules": ["q_proj", "v_proj"]}
 
@@ -248,6 +250,62 @@ def test_lora_with_gradient_checkpointing_gives_the_same_gradients(baseline_conf
     for name, grad in grads[False].items():
         assert grad.abs().sum() > 0, name
         assert torch.allclose(grads[True][name], grad, rtol=1e-4, atol=1e-6), name
+
+
+# properties/model/<name>.yaml: each official code's schedule where it fits on a CPU (the YAML names the deviations)
+OFFICIAL_SCHEDULES = {
+    "TALLRec": {"learner": "adamw", "weight_decay": 0.0, "learning_rate": 1e-4, "lr_schedule": "linear",
+                "lr_warmup_ratio": 0.1, "lr_min_ratio": 0.0, "train_batch_size": 16, "gradient_accumulation_steps": 8,
+                "epochs": 10, "train_last_item_only": True},
+    "CoLLM": {"learner": "adamw", "weight_decay": 1e-3, "learning_rate": 1e-3, "collm_lora_learning_rate": 1e-3,
+              "lr_schedule": "cosine", "lr_warmup_ratio": 0.02, "lr_min_ratio": 0.08, "train_batch_size": 16,
+              "gradient_accumulation_steps": 1, "epochs": 10, "collm_lora_epochs": 10},
+    "LLaRA": {"learner": "adam", "weight_decay": 0.0, "learning_rate": 8e-4, "lr_schedule": "cosine",
+              "lr_warmup_ratio": 0.05, "lr_min_ratio": 0.01, "train_batch_size": 8, "gradient_accumulation_steps": 16,
+              "epochs": 5, "train_last_item_only": False, "train_rows_per_user": 2, "stopping_step": 3},
+}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_official_schedules_load_and_their_trainers_train_with_them(baseline_config, name):
+    official = OFFICIAL_SCHEDULES[name]
+    own = {key: value for key, value in baseline_config.items() if key not in official}
+    config = Config(model=name, config_dict=own)
+    assert {key: config[key] for key in official} == official
+
+    # one epoch (per step) of the tiny data with the rest of the YAML's schedule
+    _, (_, train_data, valid_data, _, model, trainer) = build(name, own, epochs=1, collm_lora_epochs=1)
+    k = official["gradient_accumulation_steps"]
+    assert trainer.gradient_accumulation_steps == k
+    if name == "LLaRA":
+        assert isinstance(train_data, SampledRowsTrainDataLoader) and train_data.rows_per_user == 2
+    optimizers, steps = [], []
+    build_optimizer = trainer._build_optimizer
+
+    def recorded_build(**kwargs):
+        optimizer = build_optimizer(**kwargs)
+        step = optimizer.step
+        optimizer.step = lambda *args, **kw: steps.append(optimizer.param_groups[0]["lr"]) or step(*args, **kw)
+        optimizers.append(optimizer)
+        return optimizer
+
+    trainer._build_optimizer = recorded_build
+    if name != "CoLLM":  # a staged trainer builds its optimisers in fit
+        trainer.optimizer = trainer._build_optimizer()
+    before = snapshot(model, True)
+    trainer.fit(train_data, valid_data, saved=False)
+    learner = torch.optim.AdamW if official["learner"] == "adamw" else torch.optim.Adam
+    stages = 2 if name == "CoLLM" else 1
+    assert len(optimizers) == stages and all(type(opt) is learner for opt in optimizers)
+    assert all(group["weight_decay"] == official["weight_decay"] for opt in optimizers for group in opt.param_groups)
+    schedule = trainer.lr_scheduler
+    assert isinstance(schedule, StepSchedule) and schedule.optimizer is optimizers[-1]
+    assert (schedule.shape, schedule.warmup_ratio, schedule.min_ratio) == (
+        official["lr_schedule"], official["lr_warmup_ratio"], official["lr_min_ratio"])
+    per_epoch = -(-len(train_data) // k)
+    assert schedule.total_steps == per_epoch and len(steps) == stages * per_epoch
+    assert schedule.base_lrs == [official["learning_rate"]] and 0 <= max(steps) <= official["learning_rate"]
+    assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters() if n in before)
 
 
 def test_llara_native_needs_whole_user_blocks(baseline_config):

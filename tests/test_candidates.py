@@ -130,6 +130,8 @@ def test_pop_runs_through_the_leaderboard(native):
         assert set(record["warm_cold"][mode]) == {"warm", "cold"}
     assert record["results"]["uni100"]["hit@10"] > 0 and record["full_error"] is None
     assert "shuffle" not in record and "no item sequence" in record["shuffle_skipped"]
+    # RecBole counts Pop's items in one pass whatever epochs is: nothing to converge
+    assert record["training"]["stopped_by"] == "training-free" and record["training"]["epochs_max"] == 1
 
 
 def test_last_training_row_is_the_latest_when_lengths_tie(native):

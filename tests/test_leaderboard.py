@@ -7,7 +7,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from recbole_llmsrec.leaderboard import COLUMNS, config_flags, leaderboard_main, run_settings
+from recbole_llmsrec.leaderboard import COLUMNS, config_flags, leaderboard_main, run_settings, stopping_reason
 
 
 def tiny_flags(tiny_config_dict, tiny_encoder_path):
@@ -26,6 +26,7 @@ def test_leaderboard_runs_every_model_once_and_resumes(tiny_config_dict, tiny_en
         f"--results_dir={tmp_path / 'results'}", "--shuffle_scopes=prompt_window"]
     leaderboard_main(argv)
     folder = tmp_path / "results" / "tiny"
+    assert capsys.readouterr().out.count("no earlier run to estimate from") == 2
 
     table = pd.read_csv(folder / "leaderboard.csv")
     assert list(table.columns) == COLUMNS
@@ -38,7 +39,10 @@ def test_leaderboard_runs_every_model_once_and_resumes(tiny_config_dict, tiny_en
     assert (by.xs("uni100", level=1)["hit@10"] >= by.xs("full", level=1)["hit@10"]).all()
     params = dict(zip(table["model"], table["trainable_params"]))
     assert params["LLMSeqSim"] == 0 and params["SASRec"] > 0
+    # 2 epochs are within SASRec's patience: it ran out of epochs, so its row is not converged
+    assert dict(zip(table["model"], table["converged"])) == {"SASRec": "no: max epochs", "LLMSeqSim": "training-free"}
     markdown = (folder / "leaderboard.md").read_text()
+    assert "- SASRec did not converge: max epochs, 2 of at most 2 epochs, best validation at epoch" in markdown
     assert (folder / "leaderboard.png").stat().st_size > 0 and "### uni100" in markdown
     assert "uni100: the target among 100 sampled negatives (101 candidates); no negative is an item of the user's history" in markdown
 
@@ -62,6 +66,14 @@ def test_leaderboard_runs_every_model_once_and_resumes(tiny_config_dict, tiny_en
     assert len(sasrec["valid_seconds_all"]) == sasrec["epochs_run"] and sasrec["peak_rss_mb"] > 0
     assert 0 < sum(sasrec["train_seconds_per_epoch_all"]) + sum(sasrec["valid_seconds_all"]) <= sasrec["train_seconds"]
     assert by_model["LLMSeqSim"]["train_seconds_per_epoch_all"] == []
+    # the rule that trained each, from RecBole's trainer (SASRec) and a training-free one
+    rule = sasrec["training"]
+    assert {key: rule[key] for key in ("epochs_max", "epochs_run", "validations", "eval_step", "valid_per_epoch")} == {
+        "epochs_max": 2, "epochs_run": 2, "validations": 2, "eval_step": 1, "valid_per_epoch": 1}
+    assert rule["stopped_by"] == stopping_reason(sasrec["valid_history"], rule["stopping_step"]) == "max epochs"
+    assert rule["best_epoch"] in (1.0, 2.0) and rule["learning_rate"] > 0 and not rule["converged"]
+    assert by_model["LLMSeqSim"]["training"]["stopped_by"] == "training-free"
+    assert by_model["LLMSeqSim"]["training"]["epochs_max"] == 0 and by_model["LLMSeqSim"]["training"]["converged"]
     assert not os.path.isabs(sasrec["checkpoint"]) and os.path.isfile(sasrec["checkpoint"])
     mtimes = {path: os.path.getmtime(folder / "runs" / path) for path in records}
 
@@ -71,6 +83,7 @@ def test_leaderboard_runs_every_model_once_and_resumes(tiny_config_dict, tiny_en
     assert capsys.readouterr().out.count("finished before with the same settings") == 2
     assert mtimes == {path: os.path.getmtime(folder / "runs" / path) for path in records}
     leaderboard_main(argv + ["--models=SASRec", "--rerun=SASRec"])
+    assert "[1/1] SASRec: at most about" in capsys.readouterr().out  # estimated from its first run
     sasrec = next(p for p in records if p.startswith("SASRec"))
     assert os.path.getmtime(folder / "runs" / sasrec) > mtimes[sasrec]
 

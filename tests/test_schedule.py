@@ -1,9 +1,11 @@
 """The training schedule settings of ``recbole_llmsrec.trainer.ScheduledTrainer`` (``adam_betas``,
-``valid_per_epoch``, ``lr_decay_per_valid``) on LLMSRec (and A-LLMRec's stages) with the tiny data
-and a tiny Llama; with the defaults, training is RecBole's ``Trainer.fit``."""
+``valid_per_epoch``, ``lr_decay_per_valid``, ``lr_schedule`` with its warm-up and floor,
+``gradient_accumulation_steps``, and RecBole's ``weight_decay``) on LLMSRec (and A-LLMRec's stages)
+with the tiny data and a tiny Llama; with the defaults, training is RecBole's ``Trainer.fit``."""
 
 import json
 import logging
+import math
 import re
 
 import pytest
@@ -15,7 +17,7 @@ from recbole_llmsrec.compat import load_recbole_checkpoint
 from recbole_llmsrec.config import Config
 from recbole_llmsrec.quick_start import _build
 from recbole_llmsrec import trainer as trainer_module
-from recbole_llmsrec.trainer import LLaRATrainer, duration, schedule_settings, training_estimate
+from recbole_llmsrec.trainer import LLaRATrainer, StepSchedule, duration, schedule_settings, training_estimate
 
 
 def build(config_dict, model="LLMSRec", **overrides):
@@ -74,6 +76,175 @@ def test_adam_betas_reach_the_optimiser(tiny_config_dict):
     for key, bad in (("valid_per_epoch", 0), ("valid_per_epoch", 2.5), ("lr_decay_per_valid", 0), ("lr_decay_per_valid", "x")):
         with pytest.raises(ValueError, match=key):
             schedule_settings({"adam_betas": None, "valid_per_epoch": 1, "lr_decay_per_valid": None, key: bad})
+
+
+def test_schedule_settings_are_checked():
+    def settings(**overrides):
+        return schedule_settings({"adam_betas": None, "valid_per_epoch": 1, "lr_decay_per_valid": None,
+                                  "lr_schedule": "constant", "lr_warmup_ratio": 0.0, "lr_min_ratio": 0.0,
+                                  "gradient_accumulation_steps": 1, **overrides})
+
+    assert settings() == (None, 1, None, "constant", 0.0, 0.0, 1)
+    # keys left empty or absent (a config built without our overall.yaml) have their defaults
+    assert schedule_settings({}) == settings() == settings(lr_schedule=None, lr_warmup_ratio=None)
+    assert settings(lr_schedule="cosine", lr_warmup_ratio=0.05, lr_min_ratio=0.01, gradient_accumulation_steps=16)[3:] == (
+        "cosine", 0.05, 0.01, 16)
+    for key, bad in (("lr_schedule", "exponential"), ("lr_schedule", 1), ("lr_warmup_ratio", 1.0),
+                     ("lr_warmup_ratio", -0.1), ("lr_warmup_ratio", True), ("lr_warmup_ratio", "0.1"),
+                     ("lr_min_ratio", 1.5), ("lr_min_ratio", -1), ("gradient_accumulation_steps", 0),
+                     ("gradient_accumulation_steps", 2.0), ("gradient_accumulation_steps", True)):
+        with pytest.raises(ValueError, match=f"^{key} must be"):
+            settings(**{key: bad})
+    # a decay per validation and a per-step schedule both set the rate: an error naming both keys
+    for per_step in ({"lr_schedule": "cosine"}, {"lr_schedule": "linear"}, {"lr_warmup_ratio": 0.1}):
+        with pytest.raises(ValueError, match=r"lr_decay_per_valid \(0.5\) and lr_schedule: .* lr_warmup_ratio"):
+            settings(lr_decay_per_valid=0.5, **per_step)
+    assert settings(lr_decay_per_valid=0.5, lr_min_ratio=0.1)[2] == 0.5  # a floor alone schedules nothing
+
+
+def expected_lr(lr, step, total, warmup_ratio, floor, shape):
+    """The closed form of ``lr_schedule`` at optimiser step ``step`` of ``total``."""
+    warmup = int(warmup_ratio * total)
+    if step < warmup:
+        return lr * (floor + (1 - floor) * step / warmup)
+    progress = (step - warmup) / (total - warmup)
+    decay = {"constant": 1.0, "linear": 1 - progress, "cosine": 0.5 * (1 + math.cos(math.pi * progress))}[shape]
+    return lr * (floor + (1 - floor) * decay) if shape != "constant" else lr
+
+
+def record_lrs(model, trainer):
+    """Wrap ``calculate_loss``: the learning rate each training batch is trained at."""
+    lrs = []
+    calculate_loss = model.calculate_loss
+    model.calculate_loss = lambda interaction: lrs.append(trainer.optimizer.param_groups[0]["lr"]) or calculate_loss(interaction)
+    return lrs
+
+
+@pytest.mark.parametrize("shape, warmup, floor", [("cosine", 0.25, 0.1), ("linear", 0.2, 0.0), ("constant", 0.3, 0.5)])
+def test_the_learning_rate_follows_its_schedule_every_step(tiny_config_dict, shape, warmup, floor):
+    config, (_, train_data, valid_data, _, model, trainer) = build(
+        tiny_config_dict, epochs=2, valid_per_epoch=2, lr_schedule=shape, lr_warmup_ratio=warmup, lr_min_ratio=floor)
+    assert isinstance(trainer.lr_scheduler, StepSchedule) and trainer.lr_scheduler.optimizer is trainer.optimizer
+    lr, n = config["learning_rate"], len(train_data)
+    lrs = record_lrs(model, trainer)
+    params = []
+    step = trainer.optimizer.step
+    trainer.optimizer.step = lambda *args, **kwargs: params.append(trained(model)) or step(*args, **kwargs)
+    trainer.fit(train_data, valid_data, saved=False)
+
+    total = 2 * n
+    assert trainer.lr_scheduler.total_steps == total and int(warmup * total) >= 2
+    assert lrs == pytest.approx([expected_lr(lr, s, total, warmup, floor, shape) for s in range(total)], rel=1e-12)
+    assert lrs[0] == pytest.approx(lr * floor) and max(lrs) <= lr
+    if shape != "constant":
+        assert all(a != b for a, b in zip(lrs, lrs[1:]))  # a new rate every step, not every epoch
+        assert lrs[-1] < lrs[total // 2] < lr
+    # every batch is an optimiser step, and each validation logs the rate of the step before it
+    assert len(params) == total
+    assert [h["lr"] for h in trainer.valid_history] == [lrs[h["step"] - 1] for h in trainer.valid_history]
+
+
+def test_a_resumed_run_continues_the_same_curve(tiny_config_dict):
+    settings = {"epochs": 3, "valid_per_epoch": 2, "lr_schedule": "cosine", "lr_warmup_ratio": 0.2, "lr_min_ratio": 0.05}
+    _, (_, train_data, valid_data, _, model, trainer) = build(tiny_config_dict, **settings)
+    n = len(train_data)
+    lrs = record_lrs(model, trainer)
+    scores = iter([0.1, 0.9, 0.2, 0.3, 0.2, 0.1])  # the best: after epoch 0, its second part
+    trainer._valid_epoch = lambda data, show_progress=False: (lambda score: (score, {"ndcg@10": score}))(next(scores))
+    trainer.fit(train_data, valid_data, saved=True)
+    assert len(lrs) == 3 * n
+    checkpoint = load_recbole_checkpoint(trainer.saved_model_file)
+    assert checkpoint["epoch"] == 0
+    state = checkpoint["optimizer"]["lr_scheduler"]
+    assert state["step"] == n - 1 and state["total_steps"] == 3 * n and state["lr_schedule"] == "cosine"
+
+    _, (_, train_data, valid_data, _, model, resumed) = build(
+        tiny_config_dict, **settings, resume_checkpoint=trainer.saved_model_file)
+    assert resumed.start_epoch == 1 and resumed.lr_scheduler.step_index == n - 1
+    again = record_lrs(model, resumed)
+    resumed.fit(train_data, valid_data, saved=False)
+    assert again == lrs[n:]  # epochs 1 and 2 at the rates the uninterrupted run had
+
+    # a checkpoint written between the parts of an epoch resumes at the next epoch, on the curve too
+    scores = iter([0.9, 0.1, 0.1, 0.1, 0.1, 0.1])
+    _, (_, train_data, valid_data, _, model, trainer) = build(tiny_config_dict, **settings)
+    trainer._valid_epoch = lambda data, show_progress=False: (lambda score: (score, {"ndcg@10": score}))(next(scores))
+    trainer.fit(train_data, valid_data, saved=True)
+    assert load_recbole_checkpoint(trainer.saved_model_file)["optimizer"]["lr_scheduler"]["step"] == n // 2 - 1
+    _, (_, train_data, valid_data, _, model, resumed) = build(
+        tiny_config_dict, **settings, resume_checkpoint=trainer.saved_model_file)
+    again = record_lrs(model, resumed)
+    resumed.fit(train_data, valid_data, saved=False)
+    assert resumed.start_epoch == 1 and again == lrs[n:]
+
+
+def test_gradient_accumulation_steps_on_the_mean_of_its_batches(tiny_config_dict):
+    k = 3
+    config, (_, train_data, valid_data, _, model, trainer) = build(
+        tiny_config_dict, epochs=2, valid_per_epoch=2, gradient_accumulation_steps=k, lr_schedule="cosine",
+        lr_warmup_ratio=0.25, clip_grad_norm={"max_norm": 1e-3})
+    n = len(train_data)
+    assert n % k and n > k  # a shorter last group in each epoch
+    steps_per_epoch = math.ceil(n / k)
+    optimizer = trainer.optimizer
+    name, param = next((name, p) for name, p in model.named_parameters() if p.requires_grad)
+    batch_grads, stepped = [], []
+    param.register_hook(lambda grad: batch_grads.append(grad.detach().clone()))
+    step = optimizer.step
+
+    def recorded_step(*args, **kwargs):
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        stepped.append((len(batch_grads), param.grad.detach().clone(), torch.linalg.vector_norm(
+            torch.stack([torch.linalg.vector_norm(g) for g in grads])).item()))
+        return step(*args, **kwargs)
+
+    optimizer.step = recorded_step
+    lrs = record_lrs(model, trainer)
+    trainer.fit(train_data, valid_data, saved=True)
+
+    assert trainer.optimizer is optimizer and trainer.clip_grad_norm == {"max_norm": 1e-3}  # put back after each epoch
+    assert len(batch_grads) == len(lrs) == 2 * n  # every batch trains, its loss recorded
+    assert sum(h["train_batches"] for h in trainer.valid_history) == 2 * n
+    groups = [(e * n + start, e * n + min(start + k, n)) for e in range(2) for start in range(0, n, k)]
+    assert len(stepped) == 2 * steps_per_epoch == len(groups)
+    for (start, end), (seen, grad, norm) in zip(groups, stepped):
+        assert seen == end  # the step comes after the group's last batch
+        mean = torch.stack(batch_grads[start:end]).mean(0)
+        assert norm <= 1e-3 * (1 + 1e-5)  # clipped after averaging: the mean, scaled down
+        assert torch.allclose(grad / torch.linalg.vector_norm(grad), mean / torch.linalg.vector_norm(mean), atol=1e-5)
+    # without clipping the step's gradient is exactly the mean of its batches'
+    _, (_, train_data, _, _, model, trainer) = build(tiny_config_dict, epochs=1, gradient_accumulation_steps=k)
+    name, param = next((name, p) for name, p in model.named_parameters() if p.requires_grad)
+    batch_grads, at_step = [], []
+    param.register_hook(lambda grad: batch_grads.append(grad.detach().clone()))
+    step = trainer.optimizer.step
+    trainer.optimizer.step = lambda *args, **kwargs: at_step.append(param.grad.detach().clone()) or step(*args, **kwargs)
+    trainer.fit(train_data, None, saved=False)
+    assert len(at_step) == steps_per_epoch
+    for index, grad in enumerate(at_step):
+        assert torch.allclose(grad, torch.stack(batch_grads[index * k:(index + 1) * k]).mean(0), rtol=1e-5, atol=1e-8)
+    # the schedule counts optimiser steps: the batches of a group train at one rate
+    total = 2 * steps_per_epoch
+    assert lrs == pytest.approx([expected_lr(config["learning_rate"], e * steps_per_epoch + b // k, total, 0.25, 0.0, "cosine")
+                                 for e in range(2) for b in range(n)], rel=1e-12)
+
+
+def test_weight_decay_reaches_the_optimiser(tiny_config_dict):
+    _, (*_, model, trainer) = build(tiny_config_dict, learner="adamw", weight_decay=0.01, learning_rate=0.1)
+    assert type(trainer.optimizer) is torch.optim.AdamW
+    assert [group["weight_decay"] for group in trainer.optimizer.param_groups] == [0.01]
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert {id(p) for group in trainer.optimizer.param_groups for p in group["params"]} == trainable
+    # a step with zero gradients is the decoupled decay alone: p <- p (1 - lr x weight_decay)
+    before = trained(model)
+    for group in trainer.optimizer.param_groups:
+        for p in group["params"]:
+            p.grad = torch.zeros_like(p)
+    trainer.optimizer.step()
+    for name, value in trained(model).items():
+        assert torch.allclose(value, before[name] * (1 - 0.1 * 0.01), rtol=0, atol=1e-7), name
+    _, (*_, trainer) = build(tiny_config_dict)  # RecBole's default: none
+    assert [group["weight_decay"] for group in trainer.optimizer.param_groups] == [0.0]
 
 
 def test_validations_between_parts_of_an_epoch(tiny_config_dict, caplog):
@@ -235,6 +406,32 @@ def test_each_stage_has_its_own_schedule(tiny_config_dict, tiny_encoder_path):
     assert [h["lr"] for h in trainer.valid_history] == [0.01 * 0.5**i for i in range(4)] + [0.002 * 0.5**i for i in range(2)]
     assert optimizers[1].param_groups[0]["lr"] == 0.002 * 0.5**2 and trainer.lr_scheduler.optimizer is optimizers[1]
     assert load_recbole_checkpoint(trainer.saved_model_file)["optimizer"]["lr_scheduler"]["base_lrs"] == [0.002]
+
+
+def test_each_stage_has_its_own_step_schedule(tiny_config_dict, tiny_encoder_path):
+    config, (_, train_data, valid_data, _, model, trainer) = build(
+        {**tiny_config_dict, "text_encoder_path": tiny_encoder_path, "allmrec_latent_dim": 8, "prompt_show_dates": False,
+         "llm_head_cache": False},
+        model="ALLMRec", allmrec_stage1_epochs=2, allmrec_stage1_learning_rate=0.01, epochs=1, learning_rate=0.002,
+        lr_schedule="cosine", lr_warmup_ratio=0.2, lr_min_ratio=0.1, learner="adamw", weight_decay=0.001)
+    assert trainer.adam_betas == (0.9, 0.98)  # ALLMRec.yaml: the official betas
+    n = len(train_data)
+    seen = []
+    calculate_loss = model.calculate_loss
+    model.calculate_loss = lambda interaction: seen.append(
+        (model.stage, trainer.optimizer.param_groups[0]["lr"], trainer.optimizer)) or calculate_loss(interaction)
+    trainer.fit(train_data, valid_data, saved=True)
+    stage1 = [lr for stage, lr, _ in seen if stage == "stage1"]
+    stage2 = [lr for stage, lr, _ in seen if stage == "stage2"]
+    assert stage1 == pytest.approx([expected_lr(0.01, s, 2 * n, 0.2, 0.1, "cosine") for s in range(2 * n)], rel=1e-12)
+    assert stage2 == pytest.approx([expected_lr(0.002, s, n, 0.2, 0.1, "cosine") for s in range(n)], rel=1e-12)
+    optimizers = {stage: opt for stage, _, opt in seen}
+    assert optimizers["stage1"] is not optimizers["stage2"]
+    for optimizer in optimizers.values():
+        assert type(optimizer) is torch.optim.AdamW and optimizer.param_groups[0]["weight_decay"] == 0.001
+        assert optimizer.param_groups[0]["betas"] == (0.9, 0.98)
+    state = load_recbole_checkpoint(trainer.saved_model_file)["optimizer"]["lr_scheduler"]
+    assert state["total_steps"] == n and state["base_lrs"] == [0.002]
 
 
 def test_durations_and_estimates_are_readable_arithmetic():

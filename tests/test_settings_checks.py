@@ -69,6 +69,8 @@ def copy_tiny(folder, drop_items=()):
     ({"eval_batch_size": -5}, ValueError, r"eval_batch_size must be a whole number >= 1"),
     ({"learning_rate": -1}, ValueError, r"learning_rate must be a number > 0, got -1; set e.g. --learning_rate="),
     ({"epochs": 0}, ValueError, r"epochs must be a whole number >= 1 for LLMSRec .* got 0; set e.g. --epochs=1"),
+    ({"lr_decay_per_valid": 0.95, "lr_schedule": "cosine"}, ValueError, r"lr_decay_per_valid \(0.95\) and lr_schedule: cosine"),
+    ({"gradient_accumulation_steps": 0}, ValueError, r"gradient_accumulation_steps must be a whole number >= 1"),
     ({"item_text_fields": ["plot"]}, KeyError, r"has no column \['plot'\].*set item_text_fields"),
 ])
 def test_cheap_settings_fail_before_the_data_is_read(tiny_config_dict, tmp_path, monkeypatch, nothing_expensive,

@@ -19,12 +19,14 @@ import numpy as np
 from recbole.data.dataloader import TrainDataLoader
 from recbole.utils import ModelType
 
+from recbole_llmsrec.config import is_count
+
 
 def row_settings(config):
     """``(train_rows_per_user, train_rows_recent)`` of ``config``, checked; ``(None, None)`` when off."""
     per_user, recent = config["train_rows_per_user"], config["train_rows_recent"]
     for name, value in (("train_rows_per_user", per_user), ("train_rows_recent", recent)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        if value is not None and not is_count(value):
             raise ValueError(f"{name} must be a whole number >= 1 or empty; got {value!r}")
     if per_user is not None and config["MODEL_TYPE"] != ModelType.SEQUENTIAL:
         raise ValueError(f"train_rows_per_user draws prefixes of users' sequences; {config['model']} is not a "
