@@ -11,7 +11,7 @@ the traceback); Ctrl-C names the checkpoint to resume from.
 import argparse
 
 from recbole_llmsrec.cli import user_errors
-from recbole_llmsrec.compat import saved_checkpoint
+from recbole_llmsrec.compat import latest_checkpoint, saved_checkpoint
 from recbole_llmsrec.quick_start import run
 
 
@@ -19,7 +19,10 @@ def resume_hint(model, nproc=1, world_size=-1):
     """What an interrupted run has saved, and how to go on from it."""
     if nproc != 1 or world_size > 0:  # process 0, not this one, writes the checkpoints
         return ""
-    path = saved_checkpoint(model)
+    path, latest = saved_checkpoint(model), latest_checkpoint(model)
+    if latest is not None:  # written after every validation: the run goes on exactly from there
+        return (f"the latest checkpoint is {latest} (the best so far: {path}); "
+                f"continue with --resume_checkpoint={latest}")
     if path is None:
         return "no checkpoint was saved yet (one is written whenever validation improves)"
     return f"the best checkpoint so far is {path}; continue with --resume_checkpoint={path}"

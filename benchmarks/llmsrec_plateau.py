@@ -11,8 +11,9 @@ call with another name adds its record (ablations), the same name replaces it.
 
 Per validation the record holds the validation NDCG@10 and HR@10, the learning rate, the mean of
 each loss term since the previous validation and the seconds of training and validation
-(``trainer.valid_history``). ``--resume=saved/LLMSRec-....pth`` continues an interrupted run from
-its checkpoint (RecBole's ``resume_checkpoint``; the curve so far is kept in ``--workdir``).
+(``trainer.valid_history``). ``--resume=saved/LLMSRec-....-latest.pth`` continues an interrupted run
+exactly from its last validation (``resume_checkpoint``; a best checkpoint ``saved/LLMSRec-....pth``
+works too, repeating the epochs after it; the curve so far is kept in ``--workdir``).
 
 ``--pop_only`` tests RecBole's ``Pop`` on the same candidates into the report's ``pop`` entry (the
 floor every model must clear).
@@ -138,7 +139,9 @@ def main():
     # the curve so far survives an interrupted sitting: it is rewritten after every validation
     curve_file = os.path.join(args.workdir, f"plateau_{args.dataset}_{args.name}.curve.json")
     earlier = []
-    if args.resume and os.path.isfile(curve_file):
+    # a latest checkpoint (written after every validation) brings its run's validations with it;
+    # a best checkpoint does not, and the curve file holds them
+    if args.resume and os.path.isfile(curve_file) and not trainer.valid_history:
         with open(curve_file) as f:
             earlier = json.load(f)["valid_history"]
     validate = trainer._validate

@@ -26,6 +26,10 @@ What we do about each break, in one place:
   (the training shuffle, sampled negatives, ``uni100`` negatives) nor ``best_valid_result``, so a
   resumed run drifts from the run it continues: checkpoints here also hold both
   (:func:`rng_state`), and resuming puts them back.
+* RecBole writes a checkpoint only when validation improves, so after validations that did not
+  improve the only file to resume from is the older best: the LLM trainers also write a *latest*
+  checkpoint after every validation (``recbole_llmsrec.trainer.ScheduledTrainer``), and
+  ``resume_checkpoint`` hands such a file to the trainer's ``resume_latest``.
 * ``recbole/model/sequential_recommender/sine.py`` calls ``torch.autograd.set_detect_anomaly(True)``
   when it is imported, and importing any RecBole sequential model (SASRec included) imports it
   through the package's ``__init__``. Anomaly mode checks every gradient for NaN and records a
@@ -124,6 +128,7 @@ def set_rng_state(state, generator=None):
 
 
 _saved_checkpoints = {}  # model name -> the checkpoint this process wrote last for it
+_latest_checkpoints = {}  # model name -> the latest checkpoint (written after every validation) of its run
 
 
 def saved_checkpoint(model):
@@ -131,6 +136,31 @@ def saved_checkpoint(model):
     interrupted run can go on from with ``resume_checkpoint``."""
     path = _saved_checkpoints.get(str(model))
     return path if path and os.path.isfile(path) else None
+
+
+def latest_checkpoint(model):
+    """The latest checkpoint of this process's run of ``model`` (written after every validation; None if
+    none, or if it is gone): where an interrupted run goes on from exactly."""
+    path = _latest_checkpoints.get(str(model))
+    return path if path and os.path.isfile(path) else None
+
+
+def remember_checkpoint(model, path, latest=False):
+    """Remember ``path`` as the best (or, with ``latest``, the latest) checkpoint of this process's run of ``model``."""
+    (_latest_checkpoints if latest else _saved_checkpoints)[str(model)] = path
+
+
+def own_process_state(value, config, resume_file):
+    """This process's entry of ``value`` read from a checkpoint: a distributed run's random states are a
+    list, one per process in rank order; anything else is everyone's."""
+    if not isinstance(value, list):
+        return value
+    distributed = not config["single_spec"]
+    if len(value) != (dist.get_world_size() if distributed else 1):
+        raise ValueError(
+            f"resume_checkpoint {resume_file!r} was written by {len(value)} processes; resume "
+            f"it with as many (nproc, world_size)")
+    return value[dist.get_rank() if distributed else 0]
 
 
 class TrustedCheckpointMixin:
@@ -209,6 +239,12 @@ class TrustedCheckpointMixin:
                 f"resume_checkpoint {resume_file!r} holds no optimiser state (a model with nothing to "
                 f"train, or a file saved without it), so training cannot continue from it"
             )
+        if checkpoint.get("latest"):  # the whole state after some validation, not a best checkpoint
+            if not hasattr(self, "resume_latest"):
+                raise ValueError(f"resume_checkpoint {resume_file!r} is a latest checkpoint, which "
+                                 f"{type(self).__name__} cannot resume; point it to the run's best checkpoint")
+            self.resume_latest(checkpoint, resume_file)
+            return
         self.load_model_checkpoint(resume_file)
         self.saved_model_file = resume_file
         self.start_epoch = checkpoint["epoch"] + 1
@@ -216,14 +252,7 @@ class TrustedCheckpointMixin:
         self.best_valid_score = checkpoint["best_valid_score"]
         self.best_valid_result = checkpoint.get("best_valid_result")
         self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self._resume_rng = checkpoint.get("rng_state")
-        if isinstance(self._resume_rng, list):  # a distributed run's: one per process, in rank order
-            distributed = not self.config["single_spec"]
-            if len(self._resume_rng) != (dist.get_world_size() if distributed else 1):
-                raise ValueError(
-                    f"resume_checkpoint {resume_file!r} was written by {len(self._resume_rng)} processes; resume "
-                    f"it with as many (nproc, world_size)")
-            self._resume_rng = self._resume_rng[dist.get_rank() if distributed else 0]
+        self._resume_rng = own_process_state(checkpoint.get("rng_state"), self.config, resume_file)
         self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
@@ -240,13 +269,20 @@ class TrustedCheckpointMixin:
         return valid_score, self._last_valid_result
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        """RecBole's checkpoint, written atomically with the random state. ``extra_state``: more entries
+        (or replaced ones) for the file; ``process_state``: entries that each process has its own value
+        of (a list in rank order in a distributed run, like ``rng_state``); ``latest``: the file is a
+        latest checkpoint (remembered apart from the best for :func:`latest_checkpoint`)."""
         distributed = not self.config["single_spec"]
         saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
-        random_state = rng_state(self._train_generator)
+        extra_state = kwargs.pop("extra_state", None) or {}
+        own_states = {"rng_state": rng_state(self._train_generator), **(kwargs.pop("process_state", None) or {})}
+        latest = kwargs.pop("latest", False)
         if distributed:  # every process's own random streams, so that each resumes its own
-            states = [None] * dist.get_world_size()
-            dist.all_gather_object(states, random_state)
-            random_state = states
+            gathered = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, own_states)
+            own_states = {key: [states[key] for states in gathered] for key in own_states}
+        random_state = own_states.pop("rng_state")
         if not distributed or self.config["local_rank"] == 0:
             state = {
                 "config": self.config,
@@ -258,9 +294,11 @@ class TrustedCheckpointMixin:
                 "other_parameter": self.model.other_parameter(),
                 "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
                 "rng_state": random_state,
+                **own_states,
+                **extra_state,
             }
             atomic_torch_save(state, saved_model_file)
-            _saved_checkpoints[str(self.config["model"])] = saved_model_file
+            remember_checkpoint(self.config["model"], saved_model_file, latest=latest)
             if verbose:
                 self.logger.info(f"Saving current: {saved_model_file}")
         if distributed:

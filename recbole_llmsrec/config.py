@@ -150,10 +150,10 @@ def is_count(value):
 
 def check_settings(config):
     """Check every setting that needs neither the data nor any training, before the dataset is
-    read: batch sizes, ``learning_rate``, ``epochs`` and the training schedule
-    (:func:`recbole_llmsrec.trainer.schedule_settings`), and for the models that use them the LLM
-    (``llm_path``) and the item text file (``item_text_fields``). Raises an error naming the setting
-    and the fix."""
+    read: batch sizes, ``learning_rate``, ``epochs``, the training schedule
+    (:func:`recbole_llmsrec.trainer.schedule_settings`) and ``save_latest_checkpoint``, and for the
+    models that use them the LLM (``llm_path``) and the item text file (``item_text_fields``).
+    Raises an error naming the setting and the fix."""
     model_class = get_model(config["model"])
     name = config["model"]
     for key in ("train_batch_size", "eval_batch_size"):
@@ -174,9 +174,10 @@ def check_settings(config):
                 f"epochs must be a whole number >= 1 for {name} (the most epochs to train; with none the test "
                 f"would score an untrained model), got {epochs!r}; set e.g. --epochs=1"
             )
-        from recbole_llmsrec.trainer import schedule_settings
+        from recbole_llmsrec.trainer import save_latest_setting, schedule_settings
 
         schedule_settings(config)
+        save_latest_setting(config)
     if getattr(model_class, "uses_llm", False):
         from recbole_llmsrec.llm.backbone import check_llm_path
 

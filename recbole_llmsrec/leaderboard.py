@@ -74,7 +74,7 @@ EVAL_MODES = ("uni100", "full")
 _NOT_IN_KEY = {
     "checkpoint_dir", "show_progress", "state", "log_wandb", "wandb_project", "save_dataset", "save_dataloaders",
     "dataset_save_path", "dataloaders_save_path", "data_path", "llm_cache_dir", "text_emb_cache_dir",
-    "resume_checkpoint", "gpu_id", "worker", "verbose", "local_rank", "nproc", "offset", "ip", "port", "world_size",
+    "resume_checkpoint", "save_latest_checkpoint", "gpu_id", "worker", "verbose", "local_rank", "nproc", "offset", "ip", "port", "world_size",
 }
 
 

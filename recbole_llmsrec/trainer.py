@@ -6,7 +6,9 @@ Looked up by ``recbole_llmsrec.utils.get_trainer`` as ``<Model>Trainer``.
 """
 
 import math
+import os
 from collections import namedtuple
+from functools import partial
 from time import time
 
 from recbole.trainer import Trainer
@@ -14,7 +16,10 @@ from recbole.utils import dict2str, early_stopping, set_color
 from torch.nn.utils import clip_grad_norm_
 from torch.optim.lr_scheduler import ExponentialLR
 
-from recbole_llmsrec.compat import TrustedCheckpointMixin, load_recbole_checkpoint
+from recbole_llmsrec.cli import UserError
+from recbole_llmsrec.compat import (
+    TrustedCheckpointMixin, load_recbole_checkpoint, own_process_state, remember_checkpoint, rng_state, set_rng_state,
+)
 from recbole_llmsrec.config import is_count, is_number
 
 LR_SCHEDULES = ("constant", "linear", "cosine")
@@ -67,6 +72,39 @@ def schedule_settings(config):
             f"lr_schedule: constant and lr_warmup_ratio: 0 to decay per validation")
     return ScheduleSettings(betas, int(per_epoch), None if gamma is None else float(gamma), shape, float(warmup),
                             float(floor), accumulation)
+
+
+def save_latest_setting(config):
+    """``save_latest_checkpoint`` of ``config``, checked (True when empty or absent)."""
+    value = config["save_latest_checkpoint"] if "save_latest_checkpoint" in config else None
+    if value is None:
+        return True
+    if not isinstance(value, bool):
+        raise ValueError(f"save_latest_checkpoint must be True or False (write <saved_model_file stem>-latest.pth "
+                         f"after every validation, to resume from); got {value!r}")
+    return value
+
+
+def latest_checkpoint_file(saved_model_file):
+    """The latest checkpoint written beside the best one ``saved_model_file``: ``<stem>-latest.pth``."""
+    stem = saved_model_file[: -len(".pth")] if saved_model_file.endswith(".pth") else saved_model_file
+    return f"{stem}-latest.pth"
+
+
+def latest_best_file(checkpoint, resume_file):
+    """The best checkpoint of the run whose latest checkpoint ``checkpoint`` (read from ``resume_file``)
+    is: where it was written, or else next to ``resume_file`` (the files moved together). A
+    :class:`UserError` naming the file and the fix if it is in neither place."""
+    best = checkpoint["best_checkpoint"]
+    beside = os.path.join(os.path.dirname(os.path.abspath(resume_file)), os.path.basename(best))
+    for path in (best, beside):
+        if os.path.isfile(path):
+            return path
+    raise UserError(
+        f"resume_checkpoint {resume_file!r} is the latest state of a run whose best checkpoint {best!r} is "
+        f"missing (nor is it next to {os.path.basename(resume_file)!r}); the run goes on from the latest state "
+        f"but its test loads the best: put {os.path.basename(best)!r} back where it was or next to the latest "
+        f"file, or set resume_checkpoint to a best checkpoint to go on from that one")
 
 
 class StepSchedule:
@@ -127,12 +165,13 @@ class _AccumulatedSteps:
     """The optimiser as RecBole's epoch loop sees it with ``gradient_accumulation_steps`` k: its
     ``zero_grad`` and ``step`` act once per group of k batches (the last group of an epoch may be
     shorter), and the step uses the mean of the group's batch gradients, clipped after averaging
-    when ``clip_grad_norm`` is set. Everything else is the optimiser's."""
+    when ``clip_grad_norm`` is set. Everything else is the optimiser's. ``batches``: the batches of
+    the epoch trained before (a run resumed between its parts)."""
 
-    def __init__(self, optimizer, k, n_batches, clip_grad_norm):
+    def __init__(self, optimizer, k, n_batches, clip_grad_norm, batches=0):
         self._optimizer = optimizer
         self._k, self._n_batches, self._clip = k, n_batches, clip_grad_norm
-        self._batches = 0  # batches whose step() was called in this epoch
+        self._batches = batches  # batches whose step() was called in this epoch
 
     def __getattr__(self, name):
         if name == "_optimizer":  # not set yet
@@ -181,14 +220,17 @@ def training_estimate(seconds_per_batch, n_batches, epochs_left, valid_seconds=N
 class _BatchHook:
     """A training loader whose iteration calls ``after_batch(batches_done)`` once a batch has been
     trained on (when the next one is asked for), and ends the epoch when that returns True.
-    Everything else (``len``, ``shuffle``, ``sampler``, ...) is the loader's."""
+    Everything else (``shuffle``, ``sampler``, ...) is the loader's. With ``skip`` the first
+    ``skip`` batches are drawn but not given out (trained before a run was resumed), then
+    ``resumed()`` is called, and ``batches_done`` counts them."""
 
-    def __init__(self, loader, after_batch):
+    def __init__(self, loader, after_batch, skip=0, resumed=None):
         self._loader = loader
         self._after_batch = after_batch
+        self._skip, self._resumed = skip, resumed
 
     def __len__(self):
-        return len(self._loader)
+        return len(self._loader) - self._skip
 
     def __getattr__(self, name):
         if name == "_loader":  # not set yet (e.g. while unpickling)
@@ -196,7 +238,12 @@ class _BatchHook:
         return getattr(self._loader, name)
 
     def __iter__(self):
-        for done, batch in enumerate(self._loader, start=1):
+        batches = iter(self._loader)
+        for _ in range(self._skip):
+            next(batches)
+        if self._resumed is not None:
+            self._resumed()
+        for done, batch in enumerate(batches, start=self._skip + 1):
             yield batch
             if self._after_batch(done):
                 return
@@ -215,6 +262,11 @@ class _FitRun:
         self.validations = []  # each validation's epoch label, in order
         self.inner_valid_seconds = 0.0  # validating inside the current epoch's _train_epoch
         self.seconds_per_batch = None  # measured over the first batches (verbose only)
+        self.resume_position = None  # where in its epoch a run resumed from a latest checkpoint goes on
+        # the current epoch: random state before its batches were drawn (for a latest checkpoint
+        # written between its parts), its loss so far as RecBole sums it, when it began, and its training
+        # seconds before a resumed run
+        self.epoch_rng, self.epoch_loss, self.epoch_began, self.epoch_seconds_before = None, None, time(), 0.0
         self.new_interval()
 
     def new_interval(self):
@@ -226,6 +278,11 @@ class _FitRun:
         terms = losses if isinstance(losses, tuple) else (losses,)
         values = [float(term.item() if hasattr(term, "item") else term) for term in terms]
         self.loss_sums = values if self.loss_sums is None else [a + b for a, b in zip(self.loss_sums, values)]
+        # RecBole's sum of the epoch's losses, the same additions in the same order
+        if isinstance(losses, tuple):
+            self.epoch_loss = tuple(values) if self.epoch_loss is None else tuple(map(sum, zip(self.epoch_loss, values)))
+        else:
+            self.epoch_loss = values[0] if self.epoch_loss is None else self.epoch_loss + values[0]
         self.batches += 1
         self.step += 1
 
@@ -262,9 +319,22 @@ class ScheduledTrainer(Trainer):
       mean), so a step sees k x ``train_batch_size`` rows while memory holds one batch. Each batch's
       loss is still logged and recorded.
 
-    Resuming: a checkpoint is written at a new best validation (RecBole's rule) with the index of
-    the epoch it was written in, and a resumed run starts at the next epoch; a checkpoint written
-    between parts of an epoch therefore resumes without the rest of that epoch.
+    Checkpoints and resuming: the best checkpoint (``saved_model_file``) is written at a new best
+    validation (RecBole's rule) with the index of the epoch it was written in; resumed from it, a run
+    starts at the next epoch (one written between parts of an epoch resumes without the rest of that
+    epoch) with the patience count of the best (0). With ``save_latest_checkpoint`` (default True) every
+    validation also writes the *latest* checkpoint ``<saved_model_file stem>-latest.pth`` (atomically,
+    replacing the previous one): the trained parameters, the optimiser with its learning-rate schedule,
+    the epoch and the batches of it trained (a validation between parts of an epoch), ``cur_step``,
+    ``best_valid_score``, ``best_valid_result``, ``valid_history``, the training losses and seconds so far,
+    the random states (also those from before the epoch's batches were drawn, and gradients summed so far
+    with ``gradient_accumulation_steps``), and ``best_checkpoint``, the path of the run's best checkpoint.
+    ``resume_checkpoint`` set to a latest checkpoint goes on exactly where it was written (the rest of a
+    part-trained epoch included: its first batches are drawn again, not trained), and the resumed run's
+    ``saved_model_file`` is that best checkpoint, so a resumed run that never improves still tests the
+    run's best (a :class:`~recbole_llmsrec.cli.UserError` if that file is gone). A run that had already
+    stopped early trains no further. The latest checkpoint stays when training ends: resume it with more
+    ``epochs`` to train on; remove it when the run is done with.
     ``_train_epoch`` called outside ``fit`` is RecBole's epoch as it is (no per-step schedule, one
     step per batch).
 
@@ -287,10 +357,13 @@ class ScheduledTrainer(Trainer):
         self.schedule = schedule_settings(config)
         self.adam_betas, self.valid_per_epoch, self.lr_decay_per_valid = self.schedule[:3]
         self.gradient_accumulation_steps = self.schedule.gradient_accumulation_steps
+        self.save_latest = save_latest_setting(config)
         self.lr_scheduler = None
         self.valid_history = []
         self.epoch_train_seconds = []
         self._run = None  # the fit in progress
+        self._resume_position = None  # resumed from a latest checkpoint written between parts of an epoch
+        self._resumed_latest = False  # the next fit goes on from a latest checkpoint
         super().__init__(config, model)
         if self.gradient_accumulation_steps > 1 and self.enable_scaler:
             raise ValueError("gradient_accumulation_steps > 1 does not work with enable_scaler (RecBole's gradient "
@@ -361,25 +434,41 @@ class ScheduledTrainer(Trainer):
         parts of an epoch (``valid_per_epoch``), the learning rate decayed after each validation
         (``lr_decay_per_valid``) or set per step over this fit's epochs (``lr_schedule``), and
         ``valid_history``."""
-        if saved and self.start_epoch >= self.epochs:
+        resumed, position = self._resumed_latest, self._resume_position
+        self._resumed_latest, self._resume_position = False, None
+        # resumed from a latest checkpoint, the parameters now are not the best: saved_model_file already is
+        if saved and self.start_epoch >= self.epochs and not resumed:
             self._save_checkpoint(-1, verbose=verbose)
+        if position is not None and position["n_batches"] != len(train_data):
+            raise UserError(
+                f"the latest checkpoint resumed was written after {position['batches_done']} of the "
+                f"{position['n_batches']} training batches of epoch {position['epoch']}, but an epoch of this run "
+                f"has {len(train_data)}: resume it with the settings it was written with (train_batch_size, "
+                f"train_rows_per_user, ...)")
         self.eval_collector.data_collect(train_data)
         if self.config["train_neg_sample_args"].get("dynamic", False):
             train_data.get_model(self.model)
 
-        run = self._run = _FitRun(valid_data, verbose, saved, show_progress, callback_fn,
-                                  step=self.start_epoch * len(train_data))
+        step = self.start_epoch * len(train_data) + (position["batches_done"] if position else 0)
+        run = self._run = _FitRun(valid_data, verbose, saved, show_progress, callback_fn, step=step)
+        run.resume_position = position
         if isinstance(self.lr_scheduler, StepSchedule):
             self.lr_scheduler.total_steps = self.epochs * self._steps_per_epoch(len(train_data))
             self.lr_scheduler.seek(self.start_epoch * self._steps_per_epoch(len(train_data)))
+        epochs = range(self.start_epoch, self.epochs)
+        if resumed and self.eval_step > 0 and valid_data and self.cur_step > self.stopping_step:
+            if verbose:  # RecBole's early stopping had ended the run the latest checkpoint is of
+                self.logger.info(f"The run resumed had stopped early ({self.cur_step} validations without a new "
+                                 f"best, stopping_step {self.stopping_step}): nothing more to train")
+            epochs = range(0)
         try:
-            for epoch_idx in range(self.start_epoch, self.epochs):
+            for epoch_idx in epochs:
                 run.inner_valid_seconds = 0.0
                 start = time()
                 train_loss = self._train_epoch(train_data, epoch_idx, show_progress=show_progress)
                 end = time()
                 self.train_loss_dict[epoch_idx] = sum(train_loss) if isinstance(train_loss, tuple) else train_loss
-                self.epoch_train_seconds.append(end - start - run.inner_valid_seconds)
+                self.epoch_train_seconds.append(end - start - run.inner_valid_seconds + run.epoch_seconds_before)
                 if verbose:
                     self.logger.info(self._generate_train_loss_output(
                         epoch_idx, start + run.inner_valid_seconds, end, train_loss))
@@ -426,7 +515,11 @@ class ScheduledTrainer(Trainer):
         k = self.gradient_accumulation_steps
         schedule = self.lr_scheduler if isinstance(self.lr_scheduler, StepSchedule) else None
         first_step = epoch_idx * self._steps_per_epoch(n_batches)
-        batches_begun = 0
+        # resumed from a latest checkpoint written between parts of this epoch: its first batches are trained
+        position = run.resume_position if run.resume_position and run.resume_position["epoch"] == epoch_idx else None
+        run.resume_position = None
+        skip = position["batches_done"] if position else 0
+        batches_begun = skip
 
         def recorded_loss(interaction):
             nonlocal batches_begun
@@ -438,15 +531,23 @@ class ScheduledTrainer(Trainer):
             return losses
 
         part_ends = self._part_ends(n_batches) if self.eval_step > 0 and run.valid_data else set()
+        generator = getattr(self, "_train_generator", None)  # the training shuffle's (TrustedCheckpointMixin.fit)
+        run.epoch_began, run.inner_valid_seconds = time(), 0.0
+        run.epoch_loss = position["epoch_loss"] if position else None
+        run.epoch_seconds_before = position["epoch_seconds"] if position else 0.0
+        if position:
+            run.epoch_rng = position["epoch_rng_state"]
+        else:  # a latest checkpoint written between this epoch's parts draws its batches again from here
+            run.epoch_rng = rng_state(generator) if part_ends and run.saved and self.save_latest else None
         estimating = run.verbose and run.seconds_per_batch is None  # the first epoch of this fit
         began = time()
-        if part_ends or estimating:
+        if part_ends or estimating or skip:
 
             def after_batch(done):
                 if run.seconds_per_batch is None and run.verbose:
                     seconds = time() - began
-                    if done >= min(3, n_batches) or done in part_ends or seconds >= 60:
-                        self._log_training_estimate(done, n_batches, seconds)
+                    if done - skip >= min(3, n_batches - skip) or done in part_ends or seconds >= 60:
+                        self._log_training_estimate(done - skip, n_batches, seconds)
                 if done in part_ends:
                     valid_began = time()
                     self._validate(epoch_idx, done, n_batches)
@@ -454,16 +555,38 @@ class ScheduledTrainer(Trainer):
                     run.inner_valid_seconds += time() - valid_began
                 return run.stopped
 
-            train_data = _BatchHook(train_data, after_batch)
+            resumed = None
+            if position:
+                # the batches are drawn as the epoch drew them, then the run goes on with the random state,
+                # and the gradients summed so far (gradient_accumulation_steps), of the latest checkpoint
+                set_rng_state(position["epoch_rng_state"], generator)
+                for name, param in self.model.named_parameters():
+                    grad = (position["accumulated_grads"] or {}).get(name)
+                    if grad is not None:
+                        param.grad = grad.to(param.device)
+                resumed = partial(set_rng_state, position["rng_state"], generator)
+
+            train_data = _BatchHook(train_data, after_batch, skip=skip, resumed=resumed)
         if k == 1:
-            return super()._train_epoch(train_data, epoch_idx, loss_func=recorded_loss, show_progress=show_progress)
-        # RecBole's loop calls zero_grad and step every batch: for its duration they act once per group
-        optimizer, clip = self.optimizer, self.clip_grad_norm
-        self.optimizer, self.clip_grad_norm = _AccumulatedSteps(optimizer, k, n_batches, clip), None
-        try:
-            return super()._train_epoch(train_data, epoch_idx, loss_func=recorded_loss, show_progress=show_progress)
-        finally:
-            self.optimizer, self.clip_grad_norm = optimizer, clip
+            train_loss = super()._train_epoch(train_data, epoch_idx, loss_func=recorded_loss,
+                                              show_progress=show_progress)
+        else:
+            # RecBole's loop calls zero_grad and step every batch: for its duration they act once per group
+            optimizer, clip = self.optimizer, self.clip_grad_norm
+            self.optimizer, self.clip_grad_norm = _AccumulatedSteps(optimizer, k, n_batches, clip, batches=skip), None
+            try:
+                train_loss = super()._train_epoch(train_data, epoch_idx, loss_func=recorded_loss,
+                                                  show_progress=show_progress)
+            finally:
+                self.optimizer, self.clip_grad_norm = optimizer, clip
+        # RecBole's sum covers the batches trained in this call; run.epoch_loss also those before a resume
+        return run.epoch_loss if position else train_loss
+
+    def _resumed_batches(self, epoch_idx):
+        """Batches of epoch ``epoch_idx`` trained before this run was resumed from a latest checkpoint
+        (0 unless written between the parts of that epoch)."""
+        position = self._run.resume_position if self._run is not None else None
+        return position["batches_done"] if position and position["epoch"] == epoch_idx else 0
 
     def _estimate_name(self):
         """Who the training time estimates speak of."""
@@ -522,6 +645,8 @@ class ScheduledTrainer(Trainer):
         run.validations.append(label)
 
         valid_start = time()
+        # this epoch's training so far (validations excluded), for a latest checkpoint written between its parts
+        epoch_seconds = run.epoch_seconds_before + valid_start - run.epoch_began - run.inner_valid_seconds
         valid_score, valid_result = self._valid_epoch(run.valid_data, show_progress=run.show_progress)
         valid_seconds = time() - valid_start
         if isinstance(self.lr_scheduler, ExponentialLR):  # before a checkpoint is written: it holds the next lr
@@ -550,6 +675,7 @@ class ScheduledTrainer(Trainer):
 
         sums = run.loss_sums or []
         self.valid_history.append({
+            **self._history_labels(),
             "epoch": float(epochs_done),
             "epoch_idx": int(epoch_idx),
             "step": int(run.step),
@@ -563,13 +689,18 @@ class ScheduledTrainer(Trainer):
             "train_seconds": float(train_seconds),
             "valid_seconds": float(valid_seconds),
         })
+        if run.saved and self.save_latest:
+            self._save_latest(epoch_idx, batches_done, n_batches, epoch_seconds)
 
         if run.verbose and len(run.validations) == 1 and run.seconds_per_batch is not None:
             self._log_run_estimate(n_batches, train_seconds, run.batches, valid_seconds)
 
         if stop_flag:
+            before = self.valid_history[-1 - self.cur_step] if self.cur_step < len(self.valid_history) else {}
             if self.cur_step < len(run.validations):
                 best = run.validations[-1 - self.cur_step]
+            elif before and all(before.get(key) == value for key, value in self._history_labels().items()):
+                best = self._epoch_label(before["epoch_idx"], before["epoch"])  # resumed from a latest checkpoint
             elif self.valid_per_epoch == 1:  # the best came before the resumed run: RecBole's count
                 best = str(epoch_idx - self.cur_step * self.eval_step)
             else:
@@ -578,6 +709,81 @@ class ScheduledTrainer(Trainer):
                 self.logger.info(f"Finished training, best eval result in epoch {best}")
             run.stopped = True
         run.new_interval()
+
+    def _history_labels(self):
+        """Entries that open each ``valid_history`` entry (a staged trainer's ``stage``)."""
+        return {}
+
+    # ---- the latest checkpoint -----------------------------------------------------------------
+
+    def _latest_state(self):
+        """What a latest checkpoint holds besides RecBole's entries, the random state and the position
+        (a trainer with more to carry on adds it here)."""
+        return {"best_valid_result": self.best_valid_result,
+                "valid_history": [dict(entry) for entry in self.valid_history],
+                "train_loss_dict": dict(self.train_loss_dict), "epoch_train_seconds": list(self.epoch_train_seconds)}
+
+    def _save_latest(self, epoch_idx, batches_done, n_batches, epoch_seconds):
+        """Write the latest checkpoint after the validation that followed ``batches_done`` of the
+        ``n_batches`` of epoch ``epoch_idx`` (``epoch_seconds``: that epoch's training so far)."""
+        run = self._run
+        between_parts = batches_done < n_batches
+        state = {"latest": True, "best_checkpoint": self.saved_model_file, "n_batches": n_batches,
+                 "batches_done": batches_done if between_parts else None, **self._latest_state()}
+        per_process = {}
+        if between_parts:
+            k = self.gradient_accumulation_steps
+            grads = None
+            if k > 1 and batches_done % k:  # inside a group: the gradients summed so far
+                grads = {name: param.grad.detach().clone() for name, param in self.model.named_parameters()
+                         if param.requires_grad and param.grad is not None}
+            state.update(epoch_loss=run.epoch_loss, epoch_seconds=epoch_seconds, accumulated_grads=grads)
+            per_process["epoch_rng_state"] = run.epoch_rng
+        self._save_checkpoint(epoch_idx, verbose=False, saved_model_file=latest_checkpoint_file(self.saved_model_file),
+                              extra_state=state, process_state=per_process, latest=True)
+
+    def resume_latest(self, checkpoint, resume_file):
+        """Go on from the latest checkpoint ``checkpoint``, read from ``resume_file``, exactly where it
+        was written (``resume_checkpoint`` calls this for a latest checkpoint)."""
+        best = latest_best_file(checkpoint, resume_file)
+        self.load_model_checkpoint(resume_file)
+        between_parts = checkpoint.get("batches_done") is not None
+        rng = own_process_state(checkpoint["rng_state"], self.config, resume_file)
+        position = None
+        if between_parts:
+            position = {key: checkpoint[key] for key in ("batches_done", "n_batches", "epoch_loss", "epoch_seconds",
+                                                         "accumulated_grads")}
+            position.update(epoch=checkpoint["epoch"], rng_state=rng,
+                            epoch_rng_state=own_process_state(checkpoint["epoch_rng_state"], self.config, resume_file))
+        self.valid_history = [dict(entry) for entry in checkpoint["valid_history"]]
+        self.epoch_train_seconds = list(checkpoint["epoch_train_seconds"])
+        self._resume_rng = rng
+        remember_checkpoint(self.config["model"], best)
+        remember_checkpoint(self.config["model"], resume_file, latest=True)
+        state = {"best_checkpoint": best, "start_epoch": checkpoint["epoch"] + (0 if between_parts else 1),
+                 "position": position, "optimizer": checkpoint["optimizer"],
+                 **{key: checkpoint[key]
+                    for key in ("cur_step", "best_valid_score", "best_valid_result", "train_loss_dict")}}
+        self._restore_latest(state)
+        where = (f"epoch {checkpoint['epoch']} after {position['batches_done']} of its {position['n_batches']} batches"
+                 if between_parts else f"epoch {state['start_epoch']}")
+        self.logger.info(f"Latest checkpoint loaded: training goes on at {where}, {state['cur_step']} validations "
+                         f"since the best ({state['best_valid_score']}), kept in {best}")
+
+    def _restore_latest(self, state):
+        """Put back the training state ``state`` of a latest checkpoint (a staged trainer: when its stage begins)."""
+        self._apply_latest(state)
+
+    def _apply_latest(self, state):
+        self.saved_model_file = state["best_checkpoint"]
+        self.start_epoch = state["start_epoch"]
+        self.cur_step = state["cur_step"]
+        self.best_valid_score = state["best_valid_score"]
+        self.best_valid_result = state["best_valid_result"]
+        self.train_loss_dict = dict(state["train_loss_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self._resume_position = state["position"]
+        self._resumed_latest = True
 
 
 class LLMTrainer(TrustedCheckpointMixin, ScheduledTrainer):
@@ -628,12 +834,19 @@ class StagedTrainer(LLMTrainer):
     its own optimiser, so its own learning-rate schedule (``lr_decay_per_valid``, or ``lr_schedule``
     over the stage's own epochs) starting at the stage's learning rate; ``valid_history`` entries
     name their ``stage``.
+
+    Each stage writes its own latest checkpoint, ``<stem>-<stage>-latest.pth``, naming its stage.
+    Resumed from one, the stages before it are not trained again (the file holds every parameter
+    trained up to its stage, and their ``valid_history`` and losses), that stage goes on where the
+    file was written and the stages after it train as usual. A stage's latest checkpoint stays when
+    the next stage begins: resuming from it trains the later stages again.
     """
 
     def __init__(self, config, model):
         self.stages = list(model.training_stages)
         self.stage = self.stages[-1]  # a trainer that only evaluates expects a finished model
         self.stage_train_loss = {}  # stage -> {epoch: loss}
+        self._resume_stage = None  # the state of a latest checkpoint, put back when its stage begins
         super().__init__(config, model)
 
     def _estimate_name(self):
@@ -659,13 +872,41 @@ class StagedTrainer(LLMTrainer):
         self.model.set_stage(stage)
         self.wrap_distributed()  # DDP must synchronise this stage's parameters
 
+    def _history_labels(self):
+        return {"stage": self.stage}
+
+    def _latest_state(self):
+        return {**super()._latest_state(), "stage": self.stage,
+                "stage_train_loss": {stage: dict(losses) for stage, losses in self.stage_train_loss.items()}}
+
+    def resume_latest(self, checkpoint, resume_file):
+        stage = checkpoint.get("stage")
+        if stage not in self.stages:
+            raise ValueError(f"resume_checkpoint {resume_file!r} is a latest checkpoint of stage {stage!r}, but "
+                             f"{self.config['model']} trains {', '.join(self.stages)}; point it to a checkpoint of "
+                             f"this model")
+        self.stage = stage  # the parameters trained up to this stage are what the file holds
+        self.stage_train_loss = {name: dict(losses) for name, losses in checkpoint["stage_train_loss"].items()}
+        super().resume_latest(checkpoint, resume_file)
+
+    def _restore_latest(self, state):
+        self._resume_stage = {**state, "stage": self.stage}
+        best, suffix = state["best_checkpoint"], f"-{self.stage}.pth"
+        # fit names each stage's checkpoint after this: <stem>-<stage>.pth
+        self.saved_model_file = best[: -len(suffix)] + ".pth" if best.endswith(suffix) else best
+
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         stem = self.saved_model_file[: -len(".pth")] if self.saved_model_file.endswith(".pth") else self.saved_model_file
         eval_step = self.config["eval_step"]
         result = (self.best_valid_score, self.best_valid_result)
-        for stage in self.stages:
+        resume, self._resume_stage = self._resume_stage, None
+        resume_at = self.stages.index(resume["stage"]) if resume else 0
+        for index, stage in enumerate(self.stages):
             self._enter_stage(stage)
             settings = self.model.stage_settings(stage)
+            if index < resume_at:  # trained before the latest checkpoint resumed, which holds its parameters
+                self.saved_model_file = f"{stem}-{stage}.pth"
+                continue
             if settings.get("checkpoint"):
                 checkpoint = self.load_model_checkpoint(settings["checkpoint"])
                 self.saved_model_file = settings["checkpoint"]
@@ -681,11 +922,10 @@ class StagedTrainer(LLMTrainer):
             self.best_valid_result = None
             self.train_loss_dict = {}
             self.saved_model_file = f"{stem}-{stage}.pth"
-            validations_before = len(self.valid_history)
+            if resume is not None and index == resume_at:
+                self._apply_latest(resume)
             result = super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
             self.stage_train_loss[stage] = dict(self.train_loss_dict)
-            self.valid_history[validations_before:] = [
-                {"stage": stage, **entry} for entry in self.valid_history[validations_before:]]
             if saved and valid_data:
                 self.load_model_checkpoint(self.saved_model_file)  # the next stage starts from this one's best
         return result
@@ -739,7 +979,7 @@ class LLaRATrainer(LLMTrainer):
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         total_steps = self.epochs * len(train_data)
-        step = epoch_idx * len(train_data)
+        step = epoch_idx * len(train_data) + self._resumed_batches(epoch_idx)
         loss_func = loss_func or self.model.calculate_loss
 
         def curriculum_loss(interaction):

@@ -98,5 +98,8 @@ def test_run_recbole_llmsrec_with_nproc_2_on_cpu(tiny_config_dict, tmp_path):
     result = ast.literal_eval(re.search(r"test result\S*: (\{.*\})", log).group(1))
     assert 0.0 <= result["ndcg@10"] <= result["hit@10"] <= result["hit@20"] <= 1.0
     assert log.count("test result") == 1  # process 1 logs errors only (RecBole sets its state so)
-    (checkpoint,) = (tmp_path / "saved").glob("LLMSRec-*.pth")
+    (checkpoint,) = [path for path in (tmp_path / "saved").glob("LLMSRec-*.pth") if not path.name.endswith("-latest.pth")]
     assert load_recbole_checkpoint(checkpoint)["config"]["world_size"] == 2
+    # the latest checkpoint, written after every validation, holds both processes' random streams too
+    latest = load_recbole_checkpoint(str(checkpoint)[: -len(".pth")] + "-latest.pth")
+    assert latest["config"]["world_size"] == 2 and len(latest["rng_state"]) == 2

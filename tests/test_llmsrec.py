@@ -145,3 +145,132 @@ def test_bypass_llm_scores_through_the_heads_without_the_llm(tiny_config_dict, m
     assert losses[-1] < losses[0]
     init_seed(config["seed"], True)
     assert_valid_metrics(trainer.evaluate(test_data, load_best_model=True))
+
+
+# ---- llmsrec_readout_norm: the read-outs centred with running statistics before the heads ------
+
+
+def test_running_norm_statistics():
+    from recbole_llmsrec.model.layers import RunningNorm
+
+    norm = RunningNorm(3, momentum=0.25)
+    x = torch.randn(5, 3) + 10
+    with torch.no_grad():
+        assert torch.equal(norm(x), x)  # no statistics yet: the identity
+    batches = [torch.randn(4, 3) + 10 for _ in range(6)]
+    for batch in batches:
+        out = norm(batch)  # training, with grad: the batch is folded in first, then subtracted
+        assert torch.allclose(out, batch - norm.running_mean)
+    # a cumulative average over the first 1 / momentum batches, then an exponential one
+    expected = torch.stack([b.mean(0) for b in batches[:4]]).mean(0)
+    for batch in batches[4:]:
+        expected = 0.75 * expected + 0.25 * batch.mean(0)
+    assert int(norm.count) == 6 and torch.allclose(norm.running_mean, expected)
+    before = norm.running_mean.clone()
+    with torch.no_grad():
+        norm(x)  # no gradient: nothing folded in
+    norm(x[:1])  # a batch of one says nothing about the spread: nothing folded in
+    norm.eval()
+    assert torch.equal(norm(x), norm(x)) and torch.equal(norm(x), x - before)
+    assert torch.equal(norm.running_mean, before) and int(norm.count) == 6
+
+    standard = RunningNorm(3, scale=True)
+    standard(torch.randn(4000, 3) * torch.tensor([1.0, 10.0, 100.0]) + 5)
+    standard.eval()
+    out = standard(torch.randn(4000, 3) * torch.tensor([1.0, 10.0, 100.0]) + 5)
+    assert out.mean(0).abs().max() < 0.1 and (out.std(0) - 1).abs().max() < 0.1
+
+
+def _scores(model, batch):
+    model.eval()
+    with torch.no_grad():
+        return model.full_sort_predict(batch)
+
+
+def test_readout_norm_is_off_by_default_and_changes_nothing(tiny_config_dict):
+    config, (_, train_data, _, _, model, _) = build(tiny_config_dict)
+    assert config["llmsrec_readout_norm"] == "none"
+    assert not any("readout_norm" in name for name, _ in model.named_modules()) and model.other_parameter() == {}
+    batch = next(iter(train_data))
+    scores = _scores(model, batch)
+    with torch.no_grad():  # the paper's scoring: f_user(h_U) . f_item(h_I), the read-outs untouched
+        users = model.user_head(model.user_repr(batch["item_id_list"], batch["item_length"], batch["timestamp_list"]))
+        items = model.item_head(model.item_repr(torch.arange(1, model.n_items)))
+    assert torch.allclose(scores[:, 1:], users @ items.T, atol=1e-5)
+
+    # a configuration without the key at all builds the same model
+    bare = Config(model="LLMSRec", config_dict=tiny_config_dict)
+    del bare.final_config_dict["llmsrec_readout_norm"]
+    init_seed(bare["seed"], bare["reproducibility"])
+    _, _, _, _, bare_model, _ = _build(bare)
+    assert torch.equal(_scores(bare_model, batch), scores)
+
+    with pytest.raises(ValueError, match="llmsrec_readout_norm must be one of none, center, standardize"):
+        build(tiny_config_dict, llmsrec_readout_norm="centre")
+
+
+def test_readout_centring_trains_evaluates_and_reloads(tiny_config_dict):
+    config, (_, train_data, valid_data, test_data, model, trainer) = build(
+        tiny_config_dict, llmsrec_readout_norm="center", epochs=2)
+    batch = next(iter(train_data))
+    user_norm, item_norm = model.user_readout_norm, model.item_readout_norm
+
+    # training steps fold their read-outs into the statistics; the losses go down as without
+    trainer.fit(train_data, valid_data, saved=True, show_progress=False)
+    steps = 2 * len(train_data)
+    assert int(user_norm.count) == steps and int(item_norm.count) == steps
+    assert user_norm.running_mean.norm() > 0 and item_norm.running_mean.norm() > 0
+
+    # eval: the heads see h - running mean, deterministically, and nothing moves the statistics
+    model.eval()
+    stats = (user_norm.running_mean.clone(), item_norm.running_mean.clone())
+    with torch.no_grad():
+        h_u = model.user_repr(batch["item_id_list"], batch["item_length"], batch["timestamp_list"])
+        h_i = model.item_repr(torch.arange(1, model.n_items))
+        assert torch.equal(model.project_user(h_u), model.user_head(h_u - stats[0]))
+        assert torch.equal(model.project_user(h_u), model.project_user(h_u))
+    # the common component is gone: the users' mean read-out is far shorter than before centring
+    assert (h_u - stats[0]).mean(0).norm() < 0.25 * h_u.mean(0).norm()
+    assert (h_i - stats[1]).mean(0).norm() < 0.25 * h_i.mean(0).norm()
+    # the evaluation cache is built with the running mean, and building it moves nothing
+    model.clear_cache()
+    cached = model.all_item_vectors()
+    assert torch.allclose(cached[1:], model.item_head(h_i - stats[1]), atol=1e-5)
+    scores = _scores(model, batch)
+    assert torch.equal(user_norm.running_mean, stats[0]) and torch.equal(item_norm.running_mean, stats[1])
+    assert int(user_norm.count) == steps
+
+    # train mode: a step with a gradient moves the statistics, one under no_grad does not
+    model.train()
+    with torch.no_grad():
+        model.calculate_loss(batch)
+    assert int(user_norm.count) == steps
+    model.calculate_loss(batch)
+    assert int(user_norm.count) == steps + 1 and not torch.equal(user_norm.running_mean, stats[0])
+
+    # the checkpoint carries the statistics; reloading restores them and the scores
+    checkpoint = load_recbole_checkpoint(trainer.saved_model_file)
+    saved = checkpoint["other_parameter"]["llmsrec_readout_norm"]
+    assert saved["mode"] == "center" and int(saved["user"]["count"]) > 0
+    assert not any("readout_norm" in name for name in checkpoint["state_dict"])
+    trainer.load_model_checkpoint(trainer.saved_model_file)
+    assert torch.equal(user_norm.running_mean, saved["user"]["running_mean"])
+    scores = _scores(model, batch)
+    _, (_, _, _, _, model_again, trainer_again) = build(tiny_config_dict, llmsrec_readout_norm="center")
+    trainer_again.load_model_checkpoint(trainer.saved_model_file)
+    assert torch.equal(model_again.user_readout_norm.running_mean, saved["user"]["running_mean"])
+    assert torch.equal(model_again.item_readout_norm.running_mean, saved["item"]["running_mean"])
+    assert torch.equal(_scores(model_again, batch), scores)
+    init_seed(config["seed"], True)
+    result = trainer.evaluate(test_data, load_best_model=True)
+    init_seed(config["seed"], True)
+    assert trainer_again.evaluate(test_data, load_best_model=True, model_file=trainer.saved_model_file) == result
+
+    # a checkpoint of the other setting is refused with the fix, either way round
+    _, (_, _, _, _, _, plain_trainer) = build(tiny_config_dict)
+    with pytest.raises(ValueError, match="llmsrec_readout_norm: center.*--llmsrec_readout_norm=center"):
+        plain_trainer.load_model_checkpoint(trainer.saved_model_file)
+    plain_trainer.fit(train_data, None, saved=True, show_progress=False)
+    plain_trainer.load_model_checkpoint(plain_trainer.saved_model_file)  # without centring: loads as before
+    with pytest.raises(ValueError, match="llmsrec_readout_norm: none.*--llmsrec_readout_norm=none"):
+        trainer_again.load_model_checkpoint(plain_trainer.saved_model_file)

@@ -216,13 +216,17 @@ def test_killed_run_resumes_to_the_same_metrics(tiny_config_dict, tmp_path):
          f"--config_files={config_file}"],
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300
-    while process.poll() is None and not glob.glob(str(killed_dir / "LLMSRec-*.pth")) and time.time() < deadline:
+
+    def best_checkpoints():  # the latest checkpoint written after each validation aside
+        return [path for path in glob.glob(str(killed_dir / "LLMSRec-*.pth")) if not path.endswith("-latest.pth")]
+
+    while process.poll() is None and not best_checkpoints() and time.time() < deadline:
         time.sleep(0.005)
     process.send_signal(signal.SIGKILL)  # as soon as the first checkpoint is there
     _, stderr = process.communicate()
     assert process.returncode == -signal.SIGKILL, f"the run ended before it was killed: {stderr.decode()[-2000:]}"
 
-    (checkpoint_file,) = glob.glob(str(killed_dir / "LLMSRec-*.pth"))
+    (checkpoint_file,) = best_checkpoints()
     checkpoint = load_recbole_checkpoint(checkpoint_file)  # whole, although the process died
     assert checkpoint["epoch"] < settings["epochs"] - 1 and "rng_state" in checkpoint
 

@@ -12,6 +12,8 @@ vector, ``full_sort_predict`` is one matrix product.
 what the prompts carry besides text: :meth:`item_soft_tokens` (one vector per item placeholder,
 e.g. LLM-SRec's projected SASRec item embedding) and :meth:`user_soft_prefix` (one vector at the
 ``[UserRep]`` marker that opens the user prompt, e.g. A-LLMRec's projected SASRec user state).
+Every read-out reaches its head through :meth:`project_user` / :meth:`project_item`, so that a
+host can transform it first (LLM-SRec's optional read-out centring).
 """
 
 import torch
@@ -48,6 +50,14 @@ class LLMRetrievalMixin:
     def user_soft_prefix(self, item_seq, item_seq_len):
         """One vector per user prompt for its opening ``[UserRep]`` marker, or None for none."""
         return None
+
+    def project_user(self, user_state):
+        """f_user(h_U): the scoring vector of each read-out (a host may transform h_U first)."""
+        return self.user_head(user_state)
+
+    def project_item(self, item_state):
+        """f_item(h_I): the scoring vector of each read-out (a host may transform h_I first)."""
+        return self.item_head(item_state)
 
     # ---- caches: vectors are computed once and reused until the parameters change -------------
 
@@ -115,7 +125,7 @@ class LLMRetrievalMixin:
             lengths = [len(self.prompts.item_prompt(item)) for item in items.tolist()]
             with torch.no_grad():
                 vectors = self._chunked(
-                    lambda index: self.item_head(self.item_repr(items[index])), items, lengths, "Item vectors"
+                    lambda index: self.project_item(self.item_repr(items[index])), items, lengths, "Item vectors"
                 )
             self._item_vectors = torch.cat([vectors.new_zeros(1, vectors.shape[1]), vectors])
         return self._item_vectors
@@ -144,7 +154,7 @@ class LLMRetrievalMixin:
                 with torch.no_grad():
                     state = self.user_repr(
                         item_seq[rows[index]], item_seq_len[rows[index]], times[index] if times is not None else None)
-                    return torch.cat([state, self.user_head(state)], dim=1)
+                    return torch.cat([state, self.project_user(state)], dim=1)
 
             states = self._chunked(compute, todo, item_seq_len[rows].tolist(), "User vectors")
             for i, state in zip(todo, states):
@@ -172,9 +182,9 @@ class LLMRetrievalMixin:
         item_seq, item_seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
         target = interaction[self.POS_ITEM_ID]
         time_seq = interaction[self.TIME_SEQ] if self.TIME_SEQ else None
-        user_vec = self.user_head(self.user_repr(item_seq, item_seq_len, time_seq))
+        user_vec = self.project_user(self.user_repr(item_seq, item_seq_len, time_seq))
         candidates = torch.cat([target.unsqueeze(1), self.sample_negatives(item_seq, target)], dim=1)
-        item_vec = self.item_head(self.item_repr(candidates.flatten())).view(*candidates.shape, -1)
+        item_vec = self.project_item(self.item_repr(candidates.flatten())).view(*candidates.shape, -1)
         logits = torch.bmm(item_vec, user_vec.unsqueeze(-1)).squeeze(-1)
         return F.cross_entropy(logits, torch.zeros_like(target)), user_vec
 
